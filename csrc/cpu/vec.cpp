@@ -1,0 +1,31 @@
+// Vectorised BLAS-1 helpers of the CPU kernels (see vec.h): omp-simd loops, cloned per instruction set.
+#include "vec.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LVMMED_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LVMMED_CPU_CLONES
+#endif
+
+namespace lvmmed::cpu {
+
+template <typename T>
+LVMMED_CPU_CLONES T dot(const T* a, const T* b, index_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (index_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+template <typename T>
+LVMMED_CPU_CLONES void axpy(T alpha, const T* x, T* y, index_t n) {
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template float dot<float>(const float*, const float*, index_t);
+template double dot<double>(const double*, const double*, index_t);
+template void axpy<float>(float, const float*, float*, index_t);
+template void axpy<double>(double, const double*, double*, index_t);
+
+}  // namespace lvmmed::cpu

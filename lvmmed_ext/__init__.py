@@ -1,0 +1,17 @@
+"""lvmmed_ext: LVM-Med-style graph-matching self-supervised pretraining with a compiled (CPU/CUDA) core.
+
+Importing the package loads the compiled core and registers the ``torch.ops.lvmmed`` operators.
+"""
+
+import torch  # noqa: F401  (the core links against the running torch: import it first)
+
+from ._loader import load_extension
+
+_C = load_extension()
+
+from . import reference  # noqa: E402
+from .ops import global_affinity  # noqa: E402
+
+__version__ = _C.build_info()["version"]
+
+__all__ = ["global_affinity", "reference", "__version__"]

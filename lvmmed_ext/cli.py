@@ -1,0 +1,34 @@
+"""The ``lvmmed`` command: ``lvmmed <command> [args]``; each command lives in its own module, imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with a main(argv) -> int, one-line help)
+COMMANDS = {
+    "info": ("lvmmed_ext.info", "build and runtime facts (versions, CUDA, compiled backends, ops)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lvmmed <command> [args]   (lvmmed <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"lvmmed: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
