@@ -1,7 +1,7 @@
 // CUDA backend of the lvmmed ops: validate, make contiguous, guard the device, launch csrc/cuda on the
 // current stream with scratch from torch's caching allocator.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -45,7 +45,7 @@ at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
   auto out = at::empty({s.G, s.N, s.M}, zs.options());
   auto ws = workspace(cuda::global_affinity_forward_workspace_bytes(dt, s), zs);
   C10_CUDA_CHECK(cuda::global_affinity_forward(dt, zs.const_data_ptr(), zt.const_data_ptr(), out.mutable_data_ptr(),
-                                               ws.mutable_data_ptr(), s, at::cuda::getCurrentCUDAStream()));
+                                               ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cuda(const at::Tenso
   auto ws = workspace(cuda::global_affinity_backward_workspace_bytes(dt, s), zs);
   C10_CUDA_CHECK(cuda::global_affinity_backward(dt, g.const_data_ptr(), zs.const_data_ptr(), zt.const_data_ptr(),
                                                 grad_zs.mutable_data_ptr(), grad_zt.mutable_data_ptr(),
-                                                ws.mutable_data_ptr(), s, at::cuda::getCurrentCUDAStream()));
+                                                ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
   return {grad_zs, grad_zt};
 }
 
