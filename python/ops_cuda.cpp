@@ -1,9 +1,9 @@
 // CUDA backend of the lvmmed ops: validate, make contiguous, guard the device, launch csrc/cuda on the
 // current stream with scratch from torch's caching allocator.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "lvmmed/global_affinity.h"
