@@ -1,4 +1,4 @@
-// CUDA backend of the lvmmed ops: validate, make contiguous, guard the device, launch csrc/cuda on the
+// CUDA backend of the affinity ops: validate, make contiguous, guard the device, launch csrc/cuda on the
 // current stream with scratch from torch's caching allocator.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -6,35 +6,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_glue.h"
 #include "lvmmed/global_affinity.h"
 #include "validate.h"
 
 namespace lvmmed::glue {
 namespace {
-
-DType cuda_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kDouble:
-      return DType::Float64;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, name, " must be float32, float64, float16 or bfloat16 on CUDA, got ",
-                       dtype_str(t.scalar_type()));
-  }
-}
-
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor here, got device ", t.device());
-}
-
-at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
-  return at::empty({std::max<int64_t>(bytes, 1)}, like.options().dtype(at::kByte));
-}
 
 at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
   const auto s = validate_global_affinity(z_s, z_t);
@@ -43,7 +20,7 @@ at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
   const auto zs = z_s.contiguous(), zt = z_t.contiguous();
   const DType dt = cuda_dtype(zs, "z_s");
   auto out = at::empty({s.G, s.N, s.M}, zs.options());
-  auto ws = workspace(cuda::global_affinity_forward_workspace_bytes(dt, s), zs);
+  auto ws = cuda_workspace(cuda::global_affinity_forward_workspace_bytes(dt, s), zs);
   C10_CUDA_CHECK(cuda::global_affinity_forward(dt, zs.const_data_ptr(), zt.const_data_ptr(), out.mutable_data_ptr(),
                                                ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
   return out;
@@ -57,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cuda(const at::Tenso
   const auto g = grad.contiguous(), zs = z_s.contiguous(), zt = z_t.contiguous();
   const DType dt = cuda_dtype(zs, "z_s");
   auto grad_zs = at::empty_like(zs), grad_zt = at::empty_like(zt);
-  auto ws = workspace(cuda::global_affinity_backward_workspace_bytes(dt, s), zs);
+  auto ws = cuda_workspace(cuda::global_affinity_backward_workspace_bytes(dt, s), zs);
   C10_CUDA_CHECK(cuda::global_affinity_backward(dt, g.const_data_ptr(), zs.const_data_ptr(), zt.const_data_ptr(),
                                                 grad_zs.mutable_data_ptr(), grad_zt.mutable_data_ptr(),
                                                 ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));

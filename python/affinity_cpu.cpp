@@ -1,24 +1,14 @@
-// CPU backend of the lvmmed ops: validate, make contiguous, split graphs across torch's thread pool, call csrc/cpu.
+// CPU backend of the affinity ops: validate, make contiguous, split graphs across torch's thread pool, call csrc/cpu.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_glue.h"
 #include "lvmmed/global_affinity.h"
 #include "validate.h"
 
 namespace lvmmed::glue {
 namespace {
-
-// CPU kernels exist for float32/float64; half-precision inputs are computed in float32 and cast back.
-at::Tensor cpu_compute_input(const at::Tensor& t) {
-  const auto st = t.scalar_type();
-  return (st == at::kFloat || st == at::kDouble) ? t.contiguous() : t.to(at::kFloat).contiguous();
-}
-
-// Threads get whole graphs, at least ~64k multiply-adds each.
-int64_t graph_grain(int64_t work_per_graph) {
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, work_per_graph));
-}
 
 at::Tensor global_affinity_cpu(const at::Tensor& z_s, const at::Tensor& z_t) {
   const auto s = validate_global_affinity(z_s, z_t);
