@@ -10,8 +10,10 @@ from ._loader import load_extension
 _C = load_extension()
 
 from . import reference  # noqa: E402
+from .models.pretrained import load_pretrained  # noqa: E402
 from .ops import global_affinity  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["global_affinity", "reference", "__version__"]
+__all__ += ["load_pretrained"]

@@ -1,0 +1,191 @@
+"""Datasets over scanned sources: multi-view pretraining samples and resized labelled images for evaluation.
+
+Pretraining reads a deterministic *stream*: position p of the stream is image ``perm_e[p mod n]`` of epoch
+``e = p div n`` (``perm_e`` a permutation seeded by (seed, e)), and its views use a generator seeded by
+(seed, p). A step consumes the next ``batch x world`` positions, so the data order depends only on the seed
+and the step: resuming at step k reproduces exactly what an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import UsageError
+from .io import ReadError, Source, SourceCache
+from .presets import Preprocessing
+from .views import MultiViewConfig, make_view, to_chw
+
+MAX_READ_TRIES = 64
+
+
+@dataclass(frozen=True)
+class Item:
+    """One 2D image: frame/slice ``frame`` of ``sources[source]``."""
+
+    source: int
+    frame: int
+
+
+class ImageSet:
+    """The 2D images of a list of sources (every frame, or the given ``items``), decoded through an LRU cache.
+
+    ``image(i)`` returns ``(img float32 [H, W] or [H, W, 3] in [0, 1], scale (y, x) to original pixels)`` and
+    raises ``ReadError`` for an undecodable file.
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        prep: Preprocessing,
+        items: list[Item] | None = None,
+        cache_bytes: int = 1 << 30,
+    ):
+        self.sources, self.prep = sources, prep
+        self.items = (
+            items if items is not None else [Item(s, f) for s, src in enumerate(sources) for f in range(src.count)]
+        )
+        if not self.items:
+            raise UsageError("no images to read (0 frames or slices in the given sources)")
+        self.cache_bytes = cache_bytes
+        self._cache: SourceCache | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getstate__(self):  # workers build their own cache
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+    def image(self, i: int) -> tuple[np.ndarray, tuple[float, float]]:
+        if self._cache is None:
+            self._cache = SourceCache(self.cache_bytes)
+        item = self.items[i]
+        src = self.sources[item.source]
+        loaded = self._cache.get(src, self.prep)
+        if item.frame >= loaded.frames.shape[0]:
+            raise ReadError(f"frame {item.frame} requested, the file decodes to {loaded.frames.shape[0]}")
+        return loaded.frames[item.frame].astype(np.float32), loaded.scale
+
+
+class PretrainDataset(Dataset):
+    """Map-style dataset keyed by stream position (see the module docstring).
+
+    ``ds[p]`` is a dict: ``views`` a list of float32 ``[C, size, size]`` tensors (globals first), ``pos`` a list of
+    float32 ``[R*S, 2]`` cell centres (y, x) in original pixels, ``bad`` a list of ``(path, reason)`` for files
+    that failed to decode while producing it (each is then replaced by another image, deterministically).
+    """
+
+    def __init__(self, images: ImageSet, views: MultiViewConfig, seed: int = 0):
+        self.images, self.views, self.seed = images, views, int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+        self._bad: set[int] = set()  # sources that failed in this process
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def index_at(self, position: int) -> int:
+        n = len(self.images)
+        epoch, offset = divmod(int(position), n)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+            self._perms = {epoch: perm}  # the stream moves forward: keep one epoch
+        return int(perm[offset])
+
+    def __getitem__(self, position: int) -> dict:
+        rng = np.random.default_rng([self.seed, 1, int(position)])
+        index, bad, last = self.index_at(position), [], ""
+        for _ in range(MAX_READ_TRIES):
+            src = self.images.items[index].source
+            if src not in self._bad:
+                try:
+                    img, scale = self.images.image(index)
+                    break
+                except ReadError as e:
+                    self._bad.add(src)
+                    last = f"{self.images.sources[src].path}: {e}"
+                    bad.append((self.images.sources[src].path, str(e)))
+            index = int(rng.integers(len(self.images)))
+        else:
+            raise UsageError(f"no readable image after {MAX_READ_TRIES} tries (last failure: {last})")
+        prep, views, pos = self.images.prep, [], []
+        for cfg in self.views.configs():
+            view, p = make_view(img, rng, cfg, scale)
+            views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))
+            pos.append(torch.from_numpy(p))
+        return {"views": views, "pos": pos, "bad": bad}
+
+
+def collate_views(samples: list[dict]) -> dict:
+    """Stack a list of ``PretrainDataset`` samples: ``views[k]`` ``[B, C, H, W]``, ``pos[k]`` ``[B, P, 2]``."""
+    n_views = len(samples[0]["views"])
+    return {
+        "views": [torch.stack([s["views"][k] for s in samples]) for k in range(n_views)],
+        "pos": [torch.stack([s["pos"][k] for s in samples]) for k in range(n_views)],
+        "bad": [b for s in samples for b in s["bad"]],
+    }
+
+
+class StreamBatchSampler(Sampler):
+    """Yields this rank's stream positions for micro-steps ``start, ..., stop - 1``.
+
+    Micro-step m covers global positions ``[m*B*W, (m+1)*B*W)``; rank r takes ``B`` consecutive ones from
+    ``m*B*W + r*B``. Every rank therefore sees distinct images and the union is independent of W for a fixed
+    global batch ``B*W``.
+    """
+
+    def __init__(self, batch_size: int, world: int, rank: int, start: int, stop: int):
+        self.batch_size, self.world, self.rank, self.start, self.stop = batch_size, world, rank, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        b, w = self.batch_size, self.world
+        for m in range(self.start, self.stop):
+            first = m * b * w + self.rank * b
+            yield list(range(first, first + b))
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy/random from the worker's torch seed; one OpenCV thread."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class LabelledImages(Dataset):
+    """Whole images resized to ``size x size`` (no crop), normalised: ``ds[i] -> (float32 [C, size, size], i)``.
+
+    An undecodable image gives a zero tensor and index -1, so evaluation can drop it.
+    """
+
+    def __init__(self, images: ImageSet, size: int):
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        import cv2
+
+        try:
+            img, _ = self.images.image(i)
+        except ReadError:
+            return torch.zeros(self.images.prep.in_chans, self.size, self.size), -1
+        img = cv2.resize(
+            img,
+            (self.size, self.size),
+            interpolation=cv2.INTER_AREA if min(img.shape[:2]) > self.size else cv2.INTER_LINEAR,
+        )
+        prep = self.images.prep
+        return torch.from_numpy(to_chw(img, prep.in_chans, prep.mean, prep.std)), i

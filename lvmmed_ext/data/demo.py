@@ -1,0 +1,194 @@
+"""The offline demo data: real medical images that pip packages carry (see ``shared/DATA.md``).
+
+Nothing is copied into the repository: the files are located inside the installed packages at run time, and
+a package that is absent is skipped with a note. Sources:
+
+* ``nilearn``: the MNI152 2009a T1 template (1 mm, skull-stripped), axial slices 12..148, plus its grey- and
+  white-matter probability maps for the labelled evaluation task (``mni152_tissue_task``);
+* ``pydicom`` / ``pydicom-data``: real CT, MR, CR (radiographs), ultrasound (incl. an echo cine, every 4th
+  frame) and NM scans, in several transfer syntaxes;
+* ``nibabel``: its test volumes ``example4d.nii.gz`` (fMRI, 2 time points) and ``anatomical.nii``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+
+import numpy as np
+
+from ..errors import UsageError
+from .datasets import ImageSet, Item
+from .io import ReadError, _header
+from .presets import Preprocessing
+
+# (file name in pydicom's test data, frame step): real scans only (no synthetic SC/OT test patterns).
+PYDICOM_FILES = [
+    ("693_UNCR.dcm", 1),  # CT 512x512
+    ("CT_small.dcm", 1),  # CT 128x128
+    ("eCT_Supplemental.dcm", 1),  # enhanced CT, 2 frames
+    ("MR2_UNCR.dcm", 1),  # MR 1024x1024
+    ("MR-SIEMENS-DICOM-WithOverlays.dcm", 1),  # MR 484x484
+    ("emri_small.dcm", 1),  # MR, 10 frames
+    ("MR_small.dcm", 1),  # MR 64x64
+    ("RG1_UNCR.dcm", 1),  # CR radiograph ~1955x1841, MONOCHROME1
+    ("RG3_UNCR.dcm", 1),  # CR radiograph 1760x1760
+    ("US1_UNCR.dcm", 1),  # ultrasound, RGB
+    ("OBXXXX1A.dcm", 1),  # obstetric ultrasound, palette colour
+    ("gdcm-US-ALOKA-16.dcm", 1),  # ultrasound, 16-bit palette
+    ("color3d_jpeg_baseline.dcm", 4),  # echocardiogram cine, 120 JPEG frames: every 4th
+    ("JPEG2000_UNC.dcm", 1),  # NM 1024x256
+]
+NIBABEL_FILES = ["example4d.nii.gz", "anatomical.nii"]
+MNI_Z_RANGE = (12, 149)  # axial slices of the T1 template that contain brain
+
+
+def _package_dir(name: str) -> str | None:
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+
+
+def mni152_paths() -> dict[str, str] | None:
+    """Paths of nilearn's MNI152 T1/GM/WM files (without importing nilearn, which is slow), or None."""
+    folder = _package_dir("nilearn")
+    if folder is None:
+        return None
+    folder = os.path.join(folder, "datasets", "data")
+    paths = {k: os.path.join(folder, f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz") for k in ("t1", "gm", "wm")}
+    return paths if all(os.path.isfile(p) for p in paths.values()) else None
+
+
+def _pydicom_files() -> list[tuple[str, int]]:
+    if importlib.util.find_spec("pydicom") is None:
+        return []
+    from pydicom.data import get_testdata_file
+
+    found = []
+    for name, step in PYDICOM_FILES:
+        try:
+            path = get_testdata_file(name, download=False)
+        except Exception:  # noqa: BLE001  (pydicom-data missing or its index broken: skip the file)
+            path = None
+        if path and os.path.isfile(str(path)):
+            found.append((str(path), step))
+    return found
+
+
+def _nibabel_files() -> list[str]:
+    folder = _package_dir("nibabel")
+    if folder is None:
+        return []
+    paths = [os.path.join(folder, "tests", "data", n) for n in NIBABEL_FILES]
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def pretrain_images(prep: Preprocessing, cache_bytes: int = 1 << 30, log=print) -> ImageSet:
+    """The demo's unlabelled 2D images as an ``ImageSet`` (slices along axis 2 of the volumes).
+
+    Raises ``UsageError`` when none of the packages is installed (run ``scripts/setup.sh``).
+    """
+    if prep.axis != 2:
+        raise UsageError(f"the demo slices volumes along axis 2, got --axis {prep.axis}")
+    sources, items, parts, absent = [], [], [], []
+
+    def add(path: str, frames) -> int:
+        kind = "dicom" if path.lower().endswith(".dcm") else "nifti"
+        try:
+            src = _header(path, kind, prep.axis)
+        except ReadError:
+            return 0
+        sources.append(src)
+        chosen = [f for f in frames if f < src.count] if frames is not None else range(src.count)
+        items.extend(Item(len(sources) - 1, f) for f in chosen)
+        return len(chosen)
+
+    mni = mni152_paths()
+    if mni:
+        parts.append(f"{add(mni['t1'], range(*MNI_Z_RANGE))} MNI152 T1 slices (nilearn)")
+    else:
+        absent.append("nilearn")
+    dicoms = _pydicom_files()
+    if dicoms:
+        n = sum(add(p, range(0, 10_000, step)) for p, step in dicoms)
+        parts.append(f"{n} DICOM frames from {len(dicoms)} scans (pydicom{'-data' if len(dicoms) > 5 else ''})")
+    if len(dicoms) < len(PYDICOM_FILES):
+        absent.append("pydicom-data" if dicoms else "pydicom")
+    vols = _nibabel_files()
+    if vols:
+        parts.append(f"{sum(add(p, None) for p in vols)} NIfTI slices (nibabel test data)")
+    else:
+        absent.append("nibabel")
+    if not items:
+        raise UsageError(
+            "--demo found none of its data packages (nilearn, pydicom-data, nibabel); run scripts/setup.sh "
+            "or pass --data DIR"
+        )
+    log(f"demo data: {len(items)} images: " + ", ".join(parts) + (f"; absent: {', '.join(absent)}" if absent else ""))
+    return ImageSet(sources, prep, items=items, cache_bytes=cache_bytes)
+
+
+TISSUES = ("grey_matter", "white_matter", "csf")
+
+
+def mni152_tissue_task(
+    out_dir: str,
+    patch: int = 24,
+    per_class_train: int = 150,
+    per_class_test: int = 100,
+    slab: int = 10,
+    margin: int = 2,
+    seed: int = 0,
+) -> str:
+    """Build the labelled demo task and return its CSV path (columns ``path,label,split``).
+
+    Task: the tissue class of the centre voxel of a ``patch x patch`` axial patch of the MNI152 T1 template:
+    grey matter (GM probability >= 0.6), white matter (WM >= 0.6) or CSF (1 - GM - WM >= 0.6), inside the
+    brain (T1 > 0.2 of its range). Held-out slabs: axial slices 30..139 are cut into slabs of ``slab`` slices;
+    even slabs are training data, odd slabs test data, and ``margin`` slices at each slab border are unused, so
+    train and test patches are at least ``2 * margin + 1`` mm apart. Classes are balanced by sampling
+    ``per_class_*`` centres per class and split with a fixed ``seed``. Patches are written as 8-bit PNGs.
+    """
+    import cv2
+    import nibabel as nib
+
+    paths = mni152_paths()
+    if paths is None:
+        raise UsageError("the MNI152 tissue task needs nilearn (pip install nilearn)")
+    vol = {k: np.asarray(nib.load(p).dataobj, dtype=np.float32) for k, p in paths.items()}
+    t1, gm, wm = (vol[k] / max(float(vol[k].max()), 1e-6) for k in ("t1", "gm", "wm"))
+    csf = np.clip(1 - gm - wm, 0, 1)
+    half = patch // 2
+    inside = t1 > 0.2
+    labels = np.full(t1.shape, -1, np.int8)
+    for c, prob in enumerate((gm, wm, csf)):
+        labels[inside & (prob >= 0.6)] = c
+    border = np.zeros(t1.shape, bool)  # centres whose patch stays inside the image
+    border[half : t1.shape[0] - half, half : t1.shape[1] - half, :] = True
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for split, parity, per_class in (("train", 0, per_class_train), ("test", 1, per_class_test)):
+        zs = [
+            z
+            for k, start in enumerate(range(30, 140, slab))
+            if k % 2 == parity
+            for z in range(start + margin, start + slab - margin)
+        ]
+        zmask = np.zeros(t1.shape[2], bool)
+        zmask[zs] = True
+        for c, name in enumerate(TISSUES):
+            cand = np.argwhere((labels == c) & border & zmask[None, None, :])
+            pick = cand[rng.choice(len(cand), size=min(per_class, len(cand)), replace=False)]
+            os.makedirs(os.path.join(out_dir, split, name), exist_ok=True)
+            for x, y, z in pick:
+                img = t1[x - half : x - half + patch, y - half : y - half + patch, z]
+                rel = os.path.join(split, name, f"z{z:03d}_x{x:03d}_y{y:03d}.png")
+                cv2.imwrite(os.path.join(out_dir, rel), np.round(img * 255).astype(np.uint8))
+                rows.append((rel, name, split))
+    csv_path = os.path.join(out_dir, "labels.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    return csv_path

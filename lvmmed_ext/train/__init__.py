@@ -1,0 +1,27 @@
+"""The training layer: ``pretrain`` (the ``lvmmed pretrain`` loop), loss heads, checkpoints and export.
+
+Example:
+    >>> from lvmmed_ext.train import TrainConfig, pretrain
+    >>> cfg = TrainConfig(data="scans/", out="runs/r1", arch="resnet18", loss="infonce", steps=50)
+    >>> result = pretrain(cfg)  # doctest: +SKIP
+"""
+
+from .checkpoint import export_backbone, load_checkpoint
+from .heads import Head, InfoNCEHead, build_head, head_available, info_nce, register_head
+from .trainer import RunResult, SSLModel, TrainConfig, milestones, pretrain
+
+__all__ = [
+    "Head",
+    "InfoNCEHead",
+    "RunResult",
+    "SSLModel",
+    "TrainConfig",
+    "build_head",
+    "export_backbone",
+    "head_available",
+    "info_nce",
+    "load_checkpoint",
+    "milestones",
+    "pretrain",
+    "register_head",
+]

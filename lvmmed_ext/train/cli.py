@@ -1,0 +1,283 @@
+"""``lvmmed pretrain`` (also ``python -m lvmmed_ext.train``) and ``lvmmed export``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import time
+
+from ..data.presets import PRESET_HELP, PRESETS, Preprocessing
+from ..errors import UsageError
+from ..models import BACKBONES
+from .heads import head_available, head_names
+
+# The demo: ResNet-18 on 96-px views of the offline images, sized to finish pretraining + evaluation in a few
+# minutes on 2 CPU cores.
+DEMO = {
+    "arch": "resnet18",
+    "image_size": 96,
+    "batch_size": 32,
+    "steps": 150,
+    "ckpt_every": 50,
+    "max_side": 256,
+    "head_opts": {"hidden_dim": 512, "out_dim": 128},
+}
+
+_PREP_KEYS = ("preset", "window", "percentiles", "in_chans", "max_side", "axis")
+
+
+def _head_opt(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--head-opt must be KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvmmed pretrain",
+        description="Self-supervised pretraining of a backbone on a folder of medical images (PNG/JPEG/TIFF, "
+        "DICOM incl. multi-frame, NIfTI sliced along --axis), or on the offline demo images (--demo). Writes "
+        "checkpoint.pt, log.csv, loss.png, config.json and the exported backbone.pth/.json to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    S = argparse.SUPPRESS  # options left out keep the default, the demo's value, or the resumed checkpoint's
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
+    g.add_argument("--demo", action="store_true", help="real medical images from installed packages (nilearn, "
+                   "pydicom-data, nibabel), ResNet-18, then a linear-probe/kNN evaluation vs random init")  # fmt: skip
+    g.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=S,
+        help="intensity preset (auto): " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
+    )
+    g.add_argument(
+        "--window", type=float, nargs=2, metavar=("LEVEL", "WIDTH"), default=S, help="CT window in HU (40 400)"
+    )
+    g.add_argument(
+        "--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), default=S, help="MR percentiles (0.5 99.5)"
+    )
+    g.add_argument("--in-chans", type=int, choices=(1, 3), default=S, help="network input channels (1)")
+    g.add_argument(
+        "--max-side", type=int, default=S, help="downscale longer sides to this at load time, 0 = never (512)"
+    )
+    g.add_argument("--axis", type=int, choices=(0, 1, 2), default=S, help="NIfTI axis to slice (2)")
+    g.add_argument("--cache-mb", type=int, default=S, help="decoded-image cache per loader process, MiB (1024)")
+    g.add_argument("--workers", type=int, default=S, help="data-loader processes (default: min(4, cores - 1))")
+    m = p.add_argument_group("model and loss")
+    m.add_argument("--arch", choices=sorted(BACKBONES), default=S, help="backbone (resnet50)")
+    m.add_argument("--width", type=int, default=S, help="ResNet base width (64 = torchvision)")
+    m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm)")
+    m.add_argument("--head-opt", type=_head_opt, action="append", default=S, metavar="KEY=VALUE",
+                   help="loss-head option, repeatable (e.g. temperature=0.1)")  # fmt: skip
+    m.add_argument(
+        "--init",
+        default=S,
+        help="initial backbone weights (e.g. torchvision ImageNet .pth; 3->1 channel stems are summed)",
+    )
+    v = p.add_argument_group("views")
+    v.add_argument("--image-size", type=int, default=S, help="global view side in pixels (224)")
+    v.add_argument("--crop-scale", type=float, nargs=2, default=S, help="global crop area range (0.4 1.0)")
+    v.add_argument("--local-crops", type=int, default=S, help="extra small multi-crop views (0)")
+    v.add_argument("--local-size", type=int, default=S, help="multi-crop view side (96)")
+    v.add_argument("--local-scale", type=float, nargs=2, default=S, help="multi-crop area range (0.08 0.4)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=int, default=S, help="images per process per micro-step (64)")
+    o.add_argument("--accum", type=int, default=S, help="gradient-accumulation micro-steps per optimizer step (1)")
+    o.add_argument("--steps", type=int, default=S, help="optimizer steps (default: from --epochs)")
+    o.add_argument("--epochs", type=float, default=S, help="passes over the images when --steps is not given (100)")
+    o.add_argument("--lr", type=float, default=S, help="Adam learning rate (2e-3)")
+    o.add_argument(
+        "--backbone-lr-mult", type=float, default=S, help="backbone lr = lr x this (1; 0.01 for pretrained inits)"
+    )
+    o.add_argument("--weight-decay", type=float, default=S, help="Adam weight decay (0)")
+    o.add_argument("--halvings", type=int, default=S, help="lr halvings at evenly spaced steps (4)")
+    o.add_argument("--amp", choices=("auto", "bf16", "off"), default=S, help="autocast: auto = bf16 on GPU only")
+    o.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (auto)")
+    o.add_argument("--seed", type=int, default=S, help="initialisation, data order and augmentation seed (0)")
+    r = p.add_argument_group("outputs")
+    r.add_argument("--out", default=S, help="run folder (default runs/pretrain-<time>, runs/demo-<time>)")
+    r.add_argument("--ckpt-every", type=int, default=S, help="checkpoint every N optimizer steps (500)")
+    r.add_argument("--resume", default=None, metavar="CKPT", help="continue a run from its checkpoint.pt or run folder")
+    r.add_argument("--no-eval", action="store_true", help="with --demo: skip the evaluation")
+    return p
+
+
+def build_config(args: argparse.Namespace, saved: dict | None):
+    """Merge, lowest priority first: TrainConfig defaults, the demo's settings, the resumed checkpoint's
+    settings, the options given on the command line."""
+    from .trainer import TrainConfig
+
+    given = {k: v for k, v in vars(args).items() if k not in ("demo", "resume", "no_eval", "head_opt")}
+    merged: dict = {}
+    if args.demo:
+        merged.update(DEMO, data="demo")
+    if saved is not None:
+        merged.update(TrainConfig.from_json(saved["config"]).to_json())
+        merged.update(merged.pop("preprocessing"))
+    merged.update(given)
+    if "head_opt" in vars(args):  # options add to (and override) the demo's / checkpoint's head options
+        merged["head_opts"] = {**merged.get("head_opts", {}), **dict(args.head_opt)}
+    prep_kwargs = {k: merged.pop(k) for k in _PREP_KEYS if k in merged}
+    for key in ("mean", "std"):
+        merged.pop(key, None)
+    try:
+        prep = Preprocessing(**prep_kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for key in ("crop_scale", "local_scale", "window", "percentiles"):
+        if key in merged and merged[key] is not None:
+            merged[key] = tuple(merged[key])
+    merged.pop("global_batch", None)
+    return TrainConfig(preprocessing=prep, **merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"lvmmed pretrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lvmmed pretrain: interrupted; continue with --resume <run folder>", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import checkpoint as ckpt_io
+    from .trainer import pretrain
+
+    saved = None
+    if args.resume:
+        args.resume = ckpt_io.resolve_checkpoint_path(args.resume)
+        saved = ckpt_io.load_checkpoint(args.resume)
+    if args.demo and hasattr(args, "data"):
+        raise UsageError("--demo uses the offline demo images; drop --data (or drop --demo to train on --data)")
+    if not args.demo and saved is None and not hasattr(args, "data"):
+        raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
+    cfg = build_config(args, saved)
+    demo = cfg.data == "demo"
+    if demo and "loss" not in vars(args) and saved is None and not head_available(cfg.loss):
+        print(f"notice: the {cfg.loss} loss is not available in this build; the demo uses --loss infonce", flush=True)
+        cfg.loss = "infonce"
+    if not cfg.out:
+        cfg.out = (
+            os.path.dirname(os.path.abspath(args.resume))
+            if args.resume
+            else os.path.join("runs", f"{'demo' if demo else 'pretrain'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        )
+    result = pretrain(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(
+        f"pretraining done: {result.step} steps in {result.seconds:.0f} s ({result.images_per_s:.1f} images/s), "
+        f"final loss {result.final_loss:.4f}"
+        + (f", {result.skipped_files} unreadable file(s) skipped" if result.skipped_files else "")
+    )
+    eval_lines = []
+    if demo and not args.no_eval:
+        eval_lines = _demo_eval(cfg, result)
+    print("outputs:")
+    print(f"  checkpoint  {result.checkpoint}")
+    print(f"  backbone    {result.weights}  (+ {os.path.basename(result.weights_json or '')}: preprocessing)")
+    print(f"  log         {result.log_csv}")
+    print(f"  loss plot   {result.plot}")
+    for line in eval_lines:
+        print(line)
+    return 0
+
+
+def _demo_eval(cfg, result) -> list[str]:
+    """Linear probe and kNN of the pretrained backbone vs the same architecture at random init on the MNI152
+    tissue task; prints a comparison table and returns lines for the output summary."""
+    import torch
+
+    from ..data.demo import mni152_tissue_task
+    from ..eval.cli import evaluate
+    from ..eval.probe import load_labelled
+
+    t0 = time.perf_counter()
+    task_dir = os.path.join(result.out, "eval_mni152_tissue")
+    try:
+        csv_path = mni152_tissue_task(task_dir, seed=cfg.seed)
+    except UsageError as e:
+        print(f"notice: demo evaluation skipped: {e}")
+        return []
+    data = load_labelled(csv_path, cfg.preprocessing)
+    workers = 0
+    methods = ["linear-probe", "knn"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runs = {
+        "pretrained": evaluate(
+            methods,
+            result.weights,
+            data,
+            out=task_dir,
+            device=device,
+            workers=workers,
+            seed=cfg.seed,
+            label="pretrained",
+        ),
+        "random init": evaluate(
+            methods,
+            "random",
+            data,
+            out=task_dir,
+            arch=cfg.arch,
+            width=cfg.width,
+            in_chans=cfg.preprocessing.in_chans,
+            image_size=cfg.image_size,
+            device=device,
+            workers=workers,
+            seed=cfg.seed,
+            label="random_init",
+        ),
+    }
+    first = runs["pretrained"]
+    r0 = first["results"]["linear-probe"]
+    print(
+        f"evaluation: MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel, "
+        f"{r0['n_train']} train / {r0['n_test']} test patches from held-out axial slabs "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    print(f"  {'backbone':<12} {'method':<13} {'accuracy':>9} {'balanced':>9}")
+    for name, summary in runs.items():
+        for m in methods:
+            r = summary["results"][m]
+            print(f"  {name:<12} {m:<13} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f}")
+    return [
+        f"  eval data   {task_dir}/labels.csv",
+        f"  eval plots  {task_dir}/confusion_*.png, results_*.json",
+    ]
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="lvmmed export",
+        description="Write the backbone of a pretraining checkpoint as a plain state_dict with torchvision key "
+        "names (no classifier) to OUT, plus OUT's .json with the preprocessing used (preset, window, "
+        "percentiles, channels, image size, mean/std) and provenance.",
+    )
+    p.add_argument("checkpoint", help="checkpoint.pt or a run folder")
+    p.add_argument("out", help="output .pth path (a folder gets backbone.pth)")
+    args = p.parse_args(argv)
+    from .checkpoint import export_backbone
+
+    try:
+        weights, info = export_backbone(args.checkpoint, args.out)
+    except UsageError as e:
+        print(f"lvmmed export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"backbone: {weights}\npreprocessing: {info}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

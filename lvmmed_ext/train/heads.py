@@ -1,0 +1,171 @@
+"""Pluggable self-supervised loss heads: the interface, a registry, and the InfoNCE (SimCLR) head.
+
+A head is an ``nn.Module`` whose ``forward(h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None)`` returns a
+scalar loss for one pair of views:
+
+* ``h_s``, ``h_t``: pooled backbone features ``[B, D]`` of the two views (float32, this rank's images);
+* ``y_s``, ``y_t``: backbone feature maps flattened to ``[B, P, D]`` (P = R*S cells, row-major; 7x7 = 49 for a
+  ResNet at 224 px), passed only when the head sets ``needs_maps = True`` (otherwise ``None`` and the trainer
+  neither computes nor moves them);
+* ``pos_s``, ``pos_t``: ``[B, P, 2]`` cell centres (y, x) in original-image pixels (mirrored when a view was
+  flipped), same condition.
+
+Class attributes a head may set: ``needs_maps`` (default False) and ``symmetric`` (True when
+``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once).
+
+The graph-matching head is registered lazily as ``"gm"``: ``lvmmed_ext.losses.LVMMedHead(in_dim, **cfg)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UsageError
+from .distributed import all_gather_with_grad, rank
+
+
+class HeadUnavailable(UsageError):
+    """The requested head cannot be built in this installation."""
+
+
+class Head(nn.Module):
+    """Base class of loss heads (see the module docstring for the ``forward`` contract)."""
+
+    needs_maps: bool = False
+    symmetric: bool = False
+
+    def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
+        raise NotImplementedError
+
+
+_HEADS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_head(name: str):
+    """Decorator: register a head factory ``f(in_dim, **cfg) -> nn.Module`` under ``name``."""
+
+    def wrap(factory):
+        _HEADS[name] = factory
+        return factory
+
+    return wrap
+
+
+def head_names() -> list[str]:
+    return sorted(_HEADS)
+
+
+def build_head(name: str, in_dim: int, **cfg) -> nn.Module:
+    """Build the loss head ``name`` for backbone features of width ``in_dim``.
+
+    Args:
+        name: ``"infonce"``, ``"gm"`` (the graph-matching loss, when this build has it) or a registered name.
+        in_dim: D, the backbone's pooled feature width.
+        **cfg: head options (e.g. ``temperature=0.2`` for infonce).
+
+    Raises:
+        HeadUnavailable (a ``UsageError``): unknown name, or ``"gm"`` in a build without ``lvmmed_ext.losses``.
+
+    Example:
+        >>> head = build_head("infonce", 512, hidden_dim=256, out_dim=64)
+        >>> head(torch.randn(8, 512), torch.randn(8, 512)).shape
+        torch.Size([])
+    """
+    if name not in _HEADS:
+        raise HeadUnavailable(f"unknown --loss {name!r}; available: {', '.join(head_names())}")
+    try:
+        return _HEADS[name](in_dim, **cfg)
+    except TypeError as e:
+        raise UsageError(f"bad option for --loss {name}: {e}") from None
+
+
+def head_available(name: str) -> bool:
+    """Whether ``build_head(name, ...)`` can succeed here (``"gm"`` needs ``lvmmed_ext.losses.LVMMedHead``)."""
+    if name == "gm":
+        return _find_gm() is not None
+    return name in _HEADS
+
+
+def _find_gm():
+    if importlib.util.find_spec("lvmmed_ext.losses") is None:
+        return None
+    module = importlib.import_module("lvmmed_ext.losses")
+    return getattr(module, "LVMMedHead", None)
+
+
+@register_head("gm")
+def _build_gm(in_dim: int, **cfg) -> nn.Module:
+    cls = _find_gm()
+    if cls is None:
+        raise HeadUnavailable(
+            "the gm loss is not available in this build (lvmmed_ext.losses.LVMMedHead is missing); use --loss infonce"
+        )
+    return cls(in_dim, **cfg)
+
+
+def info_nce(z_s: Tensor, z_t: Tensor, temperature: float = 0.2, gather: bool = True) -> Tensor:
+    """Symmetric SimCLR / NT-Xent loss of two views with in-batch (and, under DDP, all-rank) negatives.
+
+    ``z_s``, ``z_t``: ``[B, F]`` embeddings of the same B images (row i of each is a positive pair). Every
+    embedding is an anchor; its positive is the other view of its image and its negatives are the other
+    ``2*B*W - 2`` embeddings of all W ranks. Returns the mean cross-entropy over this rank's ``2B`` anchors,
+    a scalar in ``z_s``'s dtype. Gradients reach other ranks' embeddings through ``all_gather_with_grad``.
+
+    Example:
+        >>> z = torch.randn(4, 8)
+        >>> bool(info_nce(z, z) < info_nce(z, torch.randn(4, 8)))
+        True
+    """
+    if z_s.shape != z_t.shape or z_s.dim() != 2:
+        raise ValueError(f"z_s and z_t must both be [B, F], got {list(z_s.shape)} and {list(z_t.shape)}")
+    b = z_s.shape[0]
+    z_s, z_t = F.normalize(z_s, dim=1), F.normalize(z_t, dim=1)
+    all_s = all_gather_with_grad(z_s) if gather else z_s
+    all_t = all_gather_with_grad(z_t) if gather else z_t
+    n, offset = all_s.shape[0], (rank() * b if gather else 0)
+    queries = torch.cat([z_s, z_t], dim=0)  # [2B, F]
+    keys = torch.cat([all_s, all_t], dim=0)  # [2N, F]
+    logits = queries @ keys.t() / temperature
+    local = torch.arange(b, device=z_s.device) + offset
+    self_idx = torch.cat([local, local + n])
+    pos_idx = torch.cat([local + n, local])
+    logits = logits.masked_fill(F.one_hot(self_idx, 2 * n).bool(), float("-inf"))
+    return F.cross_entropy(logits, pos_idx)
+
+
+@register_head("infonce")
+class InfoNCEHead(Head):
+    """Projector MLP (Linear -> BatchNorm -> ReLU -> Linear) followed by ``info_nce``.
+
+    Args:
+        in_dim: backbone feature width D.
+        hidden_dim, out_dim: projector widths (default 2048 -> 128; the spec's F = 128).
+        temperature: softmax temperature tau.
+        gather: use every rank's embeddings as negatives under DDP.
+    """
+
+    symmetric = True
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.2, gather: bool = True
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise UsageError(f"infonce temperature must be > 0, got {temperature}")
+        self.temperature, self.gather = float(temperature), bool(gather)
+        self.projector = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
+        z = self.projector(torch.cat([h_s, h_t], dim=0))  # one BatchNorm pass over both views
+        z_s, z_t = z.split(h_s.shape[0])
+        return info_nce(z_s, z_t, self.temperature, self.gather)

@@ -1,0 +1,151 @@
+"""Training output: a dependency-free progress bar on stderr, a CSV log, optional TensorBoard, a loss plot."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+
+CSV_FIELDS = ["step", "epoch", "loss", "lr", "lr_backbone", "images_per_s", "elapsed_s", "skipped_files"]
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class ProgressBar:
+    """``pretrain  41% |######      | 123/300 [01:02<01:29] loss 4.1234  78.1 img/s  lr 2.0e-03``.
+
+    On a terminal the line is redrawn in place; otherwise (CI logs, files) a line is printed about every
+    ``total / 20`` steps so logs stay short.
+    """
+
+    def __init__(self, total: int, start: int = 0, label: str = "pretrain", stream=None, enabled: bool = True):
+        self.total, self.start, self.label, self.enabled = max(1, total), start, label, enabled
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self.every = max(1, self.total // 20)
+        self._last = ""
+
+    def update(self, step: int, loss: float, images_per_s: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - step) if done > 0 else 0.0
+        frac = step / self.total
+        bar = "#" * int(frac * 24)
+        line = (
+            f"{self.label} {frac:4.0%} |{bar:<24}| {step}/{self.total} [{_fmt_time(elapsed)}<{_fmt_time(eta)}] "
+            f"loss {loss:.4f}  {images_per_s:.1f} img/s  lr {lr:.1e}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line.ljust(len(self._last)))
+            self.stream.flush()
+        elif step % self.every == 0 or step == self.total or step == self.start + 1:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        self._last = line
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class CsvLog:
+    """Appends one row per optimizer step (``CSV_FIELDS``), flushed each time so a killed run keeps its log."""
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and os.path.exists(path):
+            self._truncate_after(resume_step)
+        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+        self._f = open(path, "a", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=CSV_FIELDS)
+        if fresh:
+            self._w.writeheader()
+            self._f.flush()
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows of steps after ``step`` (lost with the process that was killed after the checkpoint)."""
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        self._w.writerow(row)
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TensorBoardLog:
+    """Scalars to TensorBoard when ``tensorboard`` is installed; a no-op otherwise (``available`` says which)."""
+
+    def __init__(self, folder: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._w = SummaryWriter(folder)
+        except Exception:  # noqa: BLE001  (tensorboard missing or broken: logging is optional)
+            self._w = None
+
+    @property
+    def available(self) -> bool:
+        return self._w is not None
+
+    def write(self, step: int, row: dict) -> None:
+        if self._w is not None:
+            for key in ("loss", "lr", "lr_backbone", "images_per_s"):
+                self._w.add_scalar(f"pretrain/{key}", row[key], step)
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_loss(csv_path: str, png_path: str, title: str = "pretraining loss") -> str | None:
+    """Loss per step (light) and a moving average (dark) from the CSV log, written atomically as a PNG.
+    Returns the path, or None when matplotlib is missing or the log is empty."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_csv(csv_path)
+    if not rows:
+        return None
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    k = max(1, len(loss) // 25)
+    smooth = [sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1]) for i in range(len(loss))]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.plot(steps, loss, color="#9ecae1", lw=1, label="loss")
+    ax.plot(steps, smooth, color="#08519c", lw=2, label=f"moving average ({k} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from .checkpoint import atomic_write
+
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,488 @@
+"""The pretraining loop: data stream -> views -> backbone -> loss head, Adam with step halvings, AMP, gradient
+accumulation, DDP, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data.datasets import ImageSet, PretrainDataset, StreamBatchSampler, collate_views, seed_worker
+from ..data.io import scan
+from ..data.presets import Preprocessing
+from ..data.views import MultiViewConfig, ViewConfig
+from ..errors import UsageError
+from ..models import backbone_state_dict, build_backbone, load_pretrained
+from . import checkpoint as ckpt_io
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
+from .heads import build_head
+from .progress import CsvLog, ProgressBar, TensorBoardLog, plot_loss
+
+# Changing any of these between a checkpoint and its resumption would silently change the run.
+STRUCTURAL = (
+    "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "local_crops", "local_size",
+    "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
+    "preprocessing",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a pretraining run (the ``lvmmed pretrain`` options; saved in the checkpoint).
+
+    ``data`` is a folder or file path, or ``"demo"`` for the offline demo images. ``batch_size`` is per process
+    and micro-step; the global batch is ``batch_size * world * accum``. ``steps`` counts optimizer steps; when
+    it is None it is derived from ``epochs`` (one epoch = one pass over the 2D images). The learning rate is
+    halved ``halvings`` times at evenly spaced steps (the paper's Adam 2e-3 "halved four times"); the backbone's
+    rate is ``lr * backbone_lr_mult``.
+    """
+
+    data: str = ""
+    out: str = ""
+    arch: str = "resnet50"
+    width: int | None = None
+    loss: str = "gm"
+    head_opts: dict = field(default_factory=dict)
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops: int = 0
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.08, 0.4)
+    batch_size: int = 64
+    accum: int = 1
+    steps: int | None = None
+    epochs: float = 100.0
+    lr: float = 2e-3
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 0.0
+    halvings: int = 4
+    seed: int = 0
+    workers: int | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    ckpt_every: int = 500
+    init: str | None = None
+    cache_mb: int = 1024
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    global_batch: int = 0  # filled in: batch_size * world * accum
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_json()
+        d["crop_scale"], d["local_scale"] = list(self.crop_scale), list(self.local_scale)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["preprocessing"] = Preprocessing.from_json(d.get("preprocessing", {}))
+        for key in ("crop_scale", "local_scale"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def validate(self) -> None:
+        checks = [
+            (
+                self.batch_size >= 2,
+                f"--batch-size must be >= 2 (the loss contrasts images in a batch), got {self.batch_size}",
+            ),
+            (self.accum >= 1, f"--accum must be >= 1, got {self.accum}"),
+            (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0, got {self.backbone_lr_mult}"),
+            (self.halvings >= 0, f"--halvings must be >= 0, got {self.halvings}"),
+            (self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}"),
+            (self.local_crops >= 0, f"--local-crops must be >= 0, got {self.local_crops}"),
+            (self.ckpt_every >= 1, f"--ckpt-every must be >= 1, got {self.ckpt_every}"),
+            (self.amp in ("auto", "bf16", "off"), f"--amp must be auto, bf16 or off, got {self.amp!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+class SSLModel(nn.Module):
+    """Backbone + loss head. ``forward(views, pos)`` runs every view through the backbone (views of one size in
+    one batch) and averages the head's loss over the view pairs (global i, any other view j); a ``symmetric``
+    head sees each unordered pair of global views once."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, n_global: int, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.backbone, self.head, self.n_global, self.amp_dtype = backbone, head, n_global, amp_dtype
+        self.needs_maps = bool(getattr(head, "needs_maps", False))
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        ctx = (
+            torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            pooled, fmap = self.backbone.features(x)
+        maps = fmap.float().flatten(2).transpose(1, 2) if self.needs_maps else None  # [B, P, D]
+        return pooled.float(), maps
+
+    def forward(self, views: list[Tensor], pos: list[Tensor]) -> Tensor:
+        h: list[Tensor] = []
+        y: list[Tensor | None] = []
+        i = 0
+        while i < len(views):  # one backbone call per run of same-size views
+            j = i
+            while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+                j += 1
+            pooled, maps = self._encode(torch.cat(views[i:j]))
+            h += list(pooled.chunk(j - i))
+            y += list(maps.chunk(j - i)) if maps is not None else [None] * (j - i)
+            i = j
+        symmetric = bool(getattr(self.head, "symmetric", False))
+        pairs = [
+            (a, b)
+            for a in range(self.n_global)
+            for b in range(len(views))
+            if b != a and not (symmetric and b < self.n_global and b < a)
+        ]
+        losses = []
+        for a, b in pairs:
+            if self.needs_maps:
+                losses.append(self.head(h[a], h[b], y[a], y[b], pos[a], pos[b]))
+            else:
+                losses.append(self.head(h[a], h[b]))
+        return torch.stack(losses).mean()
+
+
+def milestones(total: int, halvings: int) -> list[int]:
+    """Evenly spaced halving steps: ``total * k / (halvings + 1)`` for k = 1..halvings (distinct, >= 1)."""
+    return sorted({max(1, round(total * k / (halvings + 1))) for k in range(1, halvings + 1)})
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is visible")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def _print(dist_info: DistInfo, *args) -> None:
+    if dist_info.is_main:
+        print(*args, flush=True)
+
+
+def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
+    """The 2D images of ``cfg.data`` (a folder/file, or ``"demo"``) and the number of files skipped at scan."""
+    prep = cfg.preprocessing
+    if cfg.data == "demo":
+        from ..data.demo import pretrain_images
+
+        return pretrain_images(prep, cache_bytes=cfg.cache_mb << 20, log=log), 0
+    if not cfg.data:
+        raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
+    result = scan(cfg.data, axis=prep.axis)
+    kinds: dict[str, int] = {}
+    for s in result.sources:
+        kinds[s.kind] = kinds.get(s.kind, 0) + s.count
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    log(f"data: {result.count} images from {len(result.sources)} files in {cfg.data} ({summary})")
+    if result.skipped:
+        print(
+            f"warning: skipped {len(result.skipped)} unreadable file(s), e.g. {result.skipped[0][0]}: "
+            f"{result.skipped[0][1]}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return ImageSet(result.sources, prep, cache_bytes=cfg.cache_mb << 20), len(result.skipped)
+
+
+def _check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:
+    for key in STRUCTURAL:
+        mine = cfg.to_json()[key]
+        theirs = saved.get(key)
+        if key == "preprocessing" and isinstance(theirs, dict):
+            theirs = Preprocessing.from_json(theirs).to_json()
+        if mine != theirs:
+            raise UsageError(f"checkpoint {path} was made with {key} = {theirs!r}, this run has {mine!r}")
+
+
+@dataclass
+class RunResult:
+    out: str
+    checkpoint: str
+    step: int
+    total_steps: int
+    final_loss: float
+    log_csv: str
+    plot: str | None
+    weights: str | None
+    weights_json: str | None
+    skipped_files: int
+    seconds: float
+    images_per_s: float
+
+
+def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None = None) -> RunResult:
+    """Run (or resume) self-supervised pretraining as configured; see ``lvmmed pretrain --help``.
+
+    Args:
+        cfg: the run's settings. With ``resume``, the checkpoint's settings must agree on every ``STRUCTURAL``
+            field (the caller merges them; see ``train.cli``).
+        resume: checkpoint file or run folder to continue from (same step, optimizer, scheduler, RNG and data
+            position: the result equals an uninterrupted run).
+        stop_after: stop after this optimizer step as if the process had been killed there (tests; nothing
+            beyond the regular checkpoints is written).
+
+    Returns:
+        ``RunResult`` with the output paths, final step/loss and throughput (meaningful on rank 0).
+
+    Raises:
+        UsageError: bad data, weights, checkpoint or options (before anything is written to ``cfg.out``).
+
+    Example:
+        >>> cfg = TrainConfig(data="scans/", out="runs/r1", arch="resnet18", loss="infonce", steps=100)
+        >>> pretrain(cfg).checkpoint  # doctest: +SKIP
+        'runs/r1/checkpoint.pt'
+    """
+    cfg.validate()
+    t_start = time.perf_counter()
+    device_type = (
+        "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device.startswith("cuda") else "cpu"
+    )
+    dist_info = init_from_env(device_type)
+    device = _device(cfg, dist_info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    log = lambda *a: _print(dist_info, *a)  # noqa: E731
+    cfg.global_batch = cfg.batch_size * dist_info.world * cfg.accum
+
+    saved = ckpt_io.load_checkpoint(resume) if resume else None
+    images, skipped_at_scan = build_images(cfg, log=log)
+    n_images = len(images)
+    steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * n_images / cfg.global_batch))
+    cfg.steps = steps
+    if saved is not None:
+        _check_resume(cfg, saved["config"], resume)
+    if saved is not None and saved.get("n_images") != n_images:
+        print(
+            f"warning: the data changed since the checkpoint ({saved.get('n_images')} -> {n_images} images); "
+            "resuming, but the data order now differs from the interrupted run",
+            file=sys.stderr,
+        )
+
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.arch, in_chans=cfg.preprocessing.in_chans, width=cfg.width)
+    if cfg.init and saved is None:
+        load_pretrained(backbone, cfg.init, verbose=dist_info.is_main)
+    head = build_head(cfg.loss, backbone.out_dim, **cfg.head_opts)
+    grid = backbone.feature_grid(cfg.image_size)
+    views = MultiViewConfig(
+        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, grid=grid),
+        2,
+        ViewConfig(size=cfg.local_size, scale=cfg.local_scale, grid=backbone.feature_grid(cfg.local_size))
+        if cfg.local_crops
+        else None,
+        cfg.local_crops,
+    )
+    amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda") else None
+    model = SSLModel(backbone, head, n_global=2, amp_dtype=amp_dtype).to(device)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"},
+            {"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"},
+        ],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(steps, cfg.halvings), gamma=0.5)
+    torch.manual_seed(cfg.seed * 7919 + 1 + dist_info.rank)  # per-rank stream for heads that sample noise
+
+    start = 0
+    if saved is not None:
+        model.backbone.load_state_dict(saved["backbone"])
+        model.head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rngs = saved["rng"]
+        if len(rngs) != dist_info.world:
+            raise UsageError(
+                f"checkpoint {resume} was written by {len(rngs)} process(es), this run has {dist_info.world}"
+            )
+        ckpt_io.set_rng_state(rngs[dist_info.rank])
+        start = int(saved["step"])
+        if start >= steps:
+            raise UsageError(f"checkpoint {resume} is already at step {start} of {steps}: nothing to resume")
+
+    out = cfg.out
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    if dist_info.is_main:
+        if saved is None and os.path.exists(ckpt_path):
+            raise UsageError(f"--out {out} already holds a run ({ckpt_path}); pass --resume {out} or another --out")
+        os.makedirs(out, exist_ok=True)
+        ckpt_io.save_json(cfg.to_json(), os.path.join(out, "config.json"))
+    barrier()
+
+    ddp = dist_info.world > 1
+    net: nn.Module = model
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(head, "find_unused_parameters", False)),
+        )
+    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) // dist_info.world - 1))
+    dataset = PretrainDataset(images, views, seed=cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StreamBatchSampler(
+            cfg.batch_size, dist_info.world, dist_info.rank, start * cfg.accum, steps * cfg.accum
+        ),
+        num_workers=workers,
+        collate_fn=collate_views,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed + start),
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+    n_params = sum(p.numel() for p in backbone.parameters())
+    log(
+        f"model: {cfg.arch}{'' if cfg.width is None else f' (width {cfg.width})'} {n_params / 1e6:.1f}M parameters, "
+        f"{cfg.preprocessing.in_chans}-channel input {cfg.image_size}px (feature grid {grid[0]}x{grid[1]}), "
+        f"loss {cfg.loss}; device {device}{' bf16' if amp_dtype else ''}, {dist_info.world} process(es), "
+        f"{workers} loader worker(s)"
+    )
+    log(
+        f"schedule: {steps} steps of {cfg.global_batch} images (batch {cfg.batch_size} x {dist_info.world} "
+        f"process(es) x {cfg.accum} accumulation) = {steps * cfg.global_batch / n_images:.1f} epochs; Adam lr "
+        f"{cfg.lr:g} (backbone x{cfg.backbone_lr_mult:g}) halved at steps {milestones(steps, cfg.halvings)}"
+        + (f"; resuming at step {start}" if start else "")
+    )
+
+    csv_log = CsvLog(os.path.join(out, "log.csv"), resume_step=start) if dist_info.is_main else None
+    tb = TensorBoardLog(os.path.join(out, "tensorboard")) if dist_info.is_main else None
+    bar = ProgressBar(steps, start, enabled=dist_info.is_main)
+    bad_paths: set[str] = set()
+    it = iter(loader)
+    step, loss_value, t0, images_done = start, float("nan"), time.perf_counter(), 0
+    t_loop = time.perf_counter()
+
+    def save_checkpoint(at_step: int) -> None:
+        rngs = [ckpt_io.rng_state()]
+        if ddp:
+            rngs = [None] * dist_info.world
+            torch.distributed.all_gather_object(rngs, ckpt_io.rng_state())
+        if dist_info.is_main:
+            state = {
+                "format": ckpt_io.FORMAT,
+                "version": ckpt_io.VERSION,
+                "lvmmed_ext": _version(),
+                "step": at_step,
+                "config": cfg.to_json(),
+                "n_images": n_images,
+                "feature_dim": backbone.out_dim,
+                "backbone": backbone_state_dict(model.backbone),
+                "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rngs,
+            }
+            ckpt_io.save_torch(state, ckpt_path)
+            plot_loss(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"))
+        barrier()
+
+    try:
+        for step in range(start + 1, steps + 1):
+            net.train()
+            step_loss = 0.0
+            for micro in range(cfg.accum):
+                batch = next(it)
+                for path, reason in batch["bad"]:
+                    if path not in bad_paths:
+                        bad_paths.add(path)
+                        print(f"warning: skipping unreadable file {path}: {reason}", file=sys.stderr, flush=True)
+                vs = [v.to(device, non_blocking=True) for v in batch["views"]]
+                ps = [p.to(device, non_blocking=True) for p in batch["pos"]] if model.needs_maps else [None] * len(vs)
+                sync = net.no_sync() if ddp and micro < cfg.accum - 1 else contextlib.nullcontext()
+                with sync:
+                    loss = net(vs, ps) / cfg.accum
+                    loss.backward()
+                step_loss += loss.detach().item()
+            if not math.isfinite(step_loss):
+                raise UsageError(f"the loss became {step_loss} at step {step}; lower --lr or check the data")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            loss_value = all_reduce_mean(step_loss, device)
+            images_done += cfg.global_batch
+            now = time.perf_counter()
+            ips = images_done / max(now - t0, 1e-9)
+            lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
+            row = {
+                "step": step,
+                "epoch": f"{step * cfg.global_batch / n_images:.4f}",
+                "loss": f"{loss_value:.6f}",
+                "lr": f"{lrs['head']:.6g}",
+                "lr_backbone": f"{lrs['backbone']:.6g}",
+                "images_per_s": f"{ips:.2f}",
+                "elapsed_s": f"{now - t_loop:.2f}",
+                "skipped_files": skipped_at_scan + len(bad_paths),
+            }
+            if csv_log is not None:
+                csv_log.write(row)
+                tb.write(
+                    step, {k: float(v) for k, v in row.items() if k in ("loss", "lr", "lr_backbone", "images_per_s")}
+                )
+            bar.update(step, loss_value, ips, lrs["head"])
+            if step % cfg.ckpt_every == 0 or step == steps:
+                save_checkpoint(step)
+            if stop_after is not None and step >= stop_after:
+                break
+    finally:
+        bar.close()
+        if csv_log is not None:
+            csv_log.close()
+            tb.close()
+        del it
+
+    weights = weights_json = plot = None
+    bad_total = skipped_at_scan + all_reduce_sum_int(len(bad_paths), device)
+    if dist_info.is_main:
+        plot = plot_loss(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"))
+        if step == steps:
+            weights, weights_json = ckpt_io.export_backbone(ckpt_path, os.path.join(out, "backbone.pth"))
+    seconds = time.perf_counter() - t_start
+    return RunResult(
+        out=out,
+        checkpoint=ckpt_path,
+        step=step,
+        total_steps=steps,
+        final_loss=loss_value,
+        log_csv=os.path.join(out, "log.csv"),
+        plot=plot,
+        weights=weights,
+        weights_json=weights_json,
+        skipped_files=bad_total,
+        seconds=seconds,
+        images_per_s=images_done / max(time.perf_counter() - t0, 1e-9),
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lvmmed_ext")
+    except Exception:  # noqa: BLE001
+        return "unknown"
