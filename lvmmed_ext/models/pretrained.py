@@ -144,7 +144,7 @@ def load_pretrained(
     source = "state_dict" if isinstance(weights, dict) else os.fspath(weights)
     state = _strip_wrappers(dict(weights) if isinstance(weights, dict) else read_state_dict(weights))
     target = model.state_dict()
-    usable, mismatched, adapted = {}, [], []
+    usable, mismatched, adapted, mismatched_keys = {}, [], [], set()
     for key, value in state.items():
         if key not in target:
             continue
@@ -152,6 +152,7 @@ def load_pretrained(
             converted = _adapt(key, value, target[key])
             if converted is None:
                 mismatched.append(f"{key}: file {list(value.shape)} vs model {list(target[key].shape)}")
+                mismatched_keys.add(key)
                 continue
             value, note = converted
             adapted.append(note)
@@ -167,7 +168,7 @@ def load_pretrained(
         source=source,
         loaded=len(usable),
         total=len(target),
-        missing=list(result.missing_keys),
+        missing=[k for k in result.missing_keys if k not in mismatched_keys],
         unexpected=[k for k in state if k not in target],
         mismatched=mismatched,
         adapted=adapted,

@@ -421,6 +421,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 step_loss += loss.detach().item()
             if not math.isfinite(step_loss):
                 raise UsageError(f"the loss became {step_loss} at step {step}; lower --lr or check the data")
+            lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}  # the rates this step used
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -428,7 +429,6 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             images_done += cfg.global_batch
             now = time.perf_counter()
             ips = images_done / max(now - t0, 1e-9)
-            lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
             row = {
                 "step": step,
                 "epoch": f"{step * cfg.global_batch / n_images:.4f}",

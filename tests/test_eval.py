@@ -1,0 +1,144 @@
+"""Evaluation: metrics, the grouped split, linear probe / kNN, labelled data loading, the eval command, and the
+demo's data and labelled task."""
+
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from train_utils import make_image_folder, tiny_config
+
+from lvmmed_ext.cli import main as lvmmed
+from lvmmed_ext.data import Preprocessing
+from lvmmed_ext.errors import UsageError
+from lvmmed_ext.eval import evaluate, fit_logistic, knn_predict, load_labelled, scores, split_indices
+from lvmmed_ext.train import pretrain
+
+
+def test_scores_and_balanced_accuracy():
+    s = scores(np.array([0, 0, 0, 0, 1]), np.array([0, 0, 0, 0, 0]), 2)
+    assert s["accuracy"] == 0.8 and s["balanced_accuracy"] == 0.5 and s["confusion"] == [[4, 0], [1, 0]]
+    assert scores(np.array([2]), np.array([2]), 3)["balanced_accuracy"] == 1.0  # absent classes are not averaged
+
+
+def test_split_is_grouped_stratified_and_seeded():
+    labels = np.repeat([0, 1], 20)
+    groups = np.repeat(np.arange(10), 4)  # 5 files per class, 4 slices each
+    train, test = split_indices(labels, groups, 0.3, seed=0)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(40))
+    assert not set(groups[train]) & set(groups[test])  # no file on both sides
+    for c in (0, 1):
+        assert 0 < (labels[test] == c).sum() < 20
+    again = split_indices(labels, groups, 0.3, seed=0)
+    assert np.array_equal(again[1], test) and not np.array_equal(split_indices(labels, groups, 0.3, seed=1)[1], test)
+    with pytest.raises(UsageError, match="test-frac must be in"):
+        split_indices(labels, groups, 1.0, 0)
+
+
+def test_linear_probe_and_knn_on_separable_features():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (30, 5)) + [4, 0, 0, 0, 0], rng.normal(0, 1, (30, 5)) - [4, 0, 0, 0, 0]])
+    y = np.repeat([0, 1], 30)
+    predict = fit_logistic(x, y, 2, l2=1e-3)
+    assert (predict(x) == y).mean() == 1.0
+    assert (knn_predict(x, y, x + 0.01, 2, k=5) == y).mean() == 1.0
+
+
+def _labelled_folder(root, n=8):
+    rng = np.random.default_rng(0)
+    for c, level in (("bright", 200), ("dark", 40)):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(rng.normal(level, 20, (24, 24)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / c / f"{i}.png"), img)
+    return root
+
+
+def test_load_labelled_folder_and_csv(tmp_path):
+    root = _labelled_folder(tmp_path / "lab")
+    data = load_labelled(str(root), Preprocessing())
+    assert data.classes == ["bright", "dark"] and len(data.images) == 16 and data.split is None
+    assert data.labels.tolist() == [0] * 8 + [1] * 8
+    rows = [("path", "label", "split")] + [
+        (f"lab/{c}/{i}.png", c, "train" if i < 5 else "test") for c in ("bright", "dark") for i in range(8)
+    ]
+    with open(tmp_path / "l.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    data = load_labelled(str(tmp_path / "l.csv"), Preprocessing())
+    assert data.split.tolist().count("test") == 6 and data.classes == ["bright", "dark"]
+
+
+def test_load_labelled_errors(tmp_path):
+    (tmp_path / "flat").mkdir()
+    cv2.imwrite(str(tmp_path / "flat" / "a.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(UsageError, match="has no class sub-folders"):
+        load_labelled(str(tmp_path / "flat"), Preprocessing())
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "one" / "only" / "a.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(UsageError, match="has 1 class"):
+        load_labelled(str(tmp_path / "one"), Preprocessing())
+    (tmp_path / "bad.csv").write_text("a.png,x,validation\n")
+    with pytest.raises(UsageError, match="split must be train or test"):
+        load_labelled(str(tmp_path / "bad.csv"), Preprocessing())
+    (tmp_path / "missing.csv").write_text("nope.png,x\n")
+    with pytest.raises(UsageError, match="lists 1 missing file"):
+        load_labelled(str(tmp_path / "missing.csv"), Preprocessing())
+
+
+def test_evaluate_random_init_writes_results(tmp_path):
+    root = _labelled_folder(tmp_path / "lab")
+    out = tmp_path / "eval"
+    s = evaluate(["linear-probe", "knn"], "random", str(root), out=str(out), arch="resnet18", width=4, image_size=32,
+                 test_frac=0.25, k=3)  # fmt: skip
+    for m in ("linear-probe", "knn"):
+        r = s["results"][m]
+        assert r["n_test"] == 4 and r["n_train"] == 12 and r["accuracy"] == 1.0  # brightness is trivially linear
+        assert os.path.isfile(r["confusion_png"])
+    assert s["results"]["linear-probe"]["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    assert json.loads((out / "results_random.json").read_text())["classes"] == ["bright", "dark"]
+
+
+def test_eval_command_with_exported_weights_and_errors(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "unlabelled", n=8)
+    run = pretrain(tiny_config(data, tmp_path / "run", steps=2))
+    root = _labelled_folder(tmp_path / "lab")
+    assert lvmmed(["eval", "knn", "--weights", run.weights, "--data", str(root), "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "knn (resnet18, weights" in out and "accuracy" in out and "balanced accuracy" in out
+    for argv, match in (
+        (["--weights", str(tmp_path / "none.pth")], "does not exist"),
+        (["--weights", str(root / "bright" / "0.png")], "cannot read weights"),
+        (["--weights", run.weights, "--arch", "resnet50"], "do not fit resnet50"),
+    ):
+        assert lvmmed(["eval", "linear-probe", "--data", str(root), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_mni152_tissue_task(tmp_path):
+    from lvmmed_ext.data.demo import mni152_paths, mni152_tissue_task
+
+    if mni152_paths() is None:
+        pytest.skip("nilearn (MNI152 template) is not installed")
+    path = mni152_tissue_task(str(tmp_path), per_class_train=6, per_class_test=4)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 6 + 3 * 4
+    z = {s: {int(os.path.basename(r["path"])[1:4]) for r in rows if r["split"] == s} for s in ("train", "test")}
+    assert min(abs(a - b) for a in z["train"] for b in z["test"]) >= 5  # held-out slabs, 2-slice margins
+    data = load_labelled(path, Preprocessing())
+    assert data.classes == ["csf", "grey_matter", "white_matter"] and len(data.images) == 30
+
+
+def test_demo_data_builder():
+    from lvmmed_ext.data.demo import pretrain_images
+
+    try:
+        images = pretrain_images(Preprocessing(max_side=128), log=lambda *a: None)
+    except UsageError:
+        pytest.skip("none of the demo packages is installed")
+    assert len(images) > 50
+    img, scale = images.image(0)
+    assert img.ndim == 2 and img.dtype == np.float32

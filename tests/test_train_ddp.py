@@ -1,0 +1,100 @@
+"""DDP on CPU with 2 gloo processes: the all-gathered InfoNCE gradient equals the single-process one, and the
+trainer runs under torchrun-style environment variables, writes one checkpoint and resumes exactly."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+
+
+def _gather_worker(rank: int, port: int, out: str) -> None:
+    _env(rank, port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from lvmmed_ext.train import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64)
+    z_t = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64)
+    mine = slice(rank * 3, rank * 3 + 3)
+    a, b = z_s[mine].clone().requires_grad_(), z_t[mine].clone().requires_grad_()
+    loss = info_nce(a, b, 0.3)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, os.path.join(out, f"gather{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_all_gather_negatives_give_the_full_batch_gradient(tmp_path):
+    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    from lvmmed_ext.train import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    full = info_nce(z_s, z_t, 0.3, gather=False)
+    full.backward()
+    parts = [torch.load(tmp_path / f"gather{r}.pt") for r in range(WORLD)]
+    # the global objective is the mean of the ranks' losses; DDP averages gradients over ranks, hence / WORLD
+    torch.testing.assert_close(sum(p["loss"] for p in parts) / WORLD, full.detach(), rtol=1e-12, atol=1e-12)
+    for r, p in enumerate(parts):
+        torch.testing.assert_close(p["ga"] / WORLD, z_s.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(p["gb"] / WORLD, z_t.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
+
+
+def _trainer_worker(rank: int, port: int, data: str, root: str) -> None:
+    _env(rank, port)
+    from train_utils import tiny_config
+
+    from lvmmed_ext.train import pretrain
+
+    full = pretrain(tiny_config(data, os.path.join(root, "full"), batch_size=2))
+    part = os.path.join(root, "part")
+    pretrain(tiny_config(data, part, batch_size=2), stop_after=4)
+    resumed = pretrain(tiny_config(data, part, batch_size=2), resume=part)
+    torch.save(
+        {"steps": (full.step, resumed.step), "world": dist.get_world_size()}, os.path.join(root, f"rank{rank}.pt")
+    )
+    dist.destroy_process_group()
+
+
+def test_ddp_trainer_two_gloo_processes(tmp_path):
+    from train_utils import make_image_folder
+
+    data = make_image_folder(tmp_path / "data")
+    mp.spawn(_trainer_worker, args=(_free_port(), str(data), str(tmp_path)), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        assert torch.load(tmp_path / f"rank{r}.pt") == {"steps": (6, 6), "world": WORLD}
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert full["step"] == part["step"] == 6 and len(full["rng"]) == WORLD
+    assert full["config"]["global_batch"] == 4
+    for k in full["backbone"]:
+        assert torch.equal(full["backbone"][k], part["backbone"][k]), k
+    for k in full["head"]:
+        assert torch.equal(full["head"][k], part["head"][k]), k
+    assert not [f for f in os.listdir(tmp_path / "full") if f.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_single_process_gather_is_identity():
+    from lvmmed_ext.train.distributed import all_gather_with_grad
+
+    x = torch.randn(3, 2)
+    assert all_gather_with_grad(x) is x
