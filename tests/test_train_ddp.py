@@ -25,9 +25,7 @@ def _env(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _gather_worker(rank: int, port: int, out: str) -> None:
-    _env(rank, port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _gather_check(rank: int, out: str) -> None:
     from lvmmed_ext.train import info_nce
 
     g = torch.Generator().manual_seed(0)
@@ -38,11 +36,37 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     loss = info_nce(a, b, 0.3)
     loss.backward()
     torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, os.path.join(out, f"gather{rank}.pt"))
+
+
+def _worker(rank: int, port: int, data: str, root: str) -> None:
+    _env(rank, port)
+    from train_utils import tiny_config
+
+    from lvmmed_ext.train import pretrain
+
+    full = pretrain(tiny_config(data, os.path.join(root, "full"), batch_size=2))  # joins the group (gloo)
+    part = os.path.join(root, "part")
+    pretrain(tiny_config(data, part, batch_size=2), stop_after=4)
+    resumed = pretrain(tiny_config(data, part, batch_size=2), resume=part)
+    torch.save(
+        {"steps": (full.step, resumed.step), "world": dist.get_world_size()}, os.path.join(root, f"rank{rank}.pt")
+    )
+    _gather_check(rank, root)
     dist.destroy_process_group()
 
 
-def test_all_gather_negatives_give_the_full_batch_gradient(tmp_path):
-    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    from train_utils import make_image_folder
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = make_image_folder(root / "data")
+    mp.spawn(_worker, args=(_free_port(), str(data), str(root)), nprocs=WORLD, join=True)
+    return root
+
+
+def test_all_gather_negatives_give_the_full_batch_gradient(ddp_run):
+    tmp_path = ddp_run
     from lvmmed_ext.train import info_nce
 
     g = torch.Generator().manual_seed(0)
@@ -58,27 +82,8 @@ def test_all_gather_negatives_give_the_full_batch_gradient(tmp_path):
         torch.testing.assert_close(p["gb"] / WORLD, z_t.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
 
 
-def _trainer_worker(rank: int, port: int, data: str, root: str) -> None:
-    _env(rank, port)
-    from train_utils import tiny_config
-
-    from lvmmed_ext.train import pretrain
-
-    full = pretrain(tiny_config(data, os.path.join(root, "full"), batch_size=2))
-    part = os.path.join(root, "part")
-    pretrain(tiny_config(data, part, batch_size=2), stop_after=4)
-    resumed = pretrain(tiny_config(data, part, batch_size=2), resume=part)
-    torch.save(
-        {"steps": (full.step, resumed.step), "world": dist.get_world_size()}, os.path.join(root, f"rank{rank}.pt")
-    )
-    dist.destroy_process_group()
-
-
-def test_ddp_trainer_two_gloo_processes(tmp_path):
-    from train_utils import make_image_folder
-
-    data = make_image_folder(tmp_path / "data")
-    mp.spawn(_trainer_worker, args=(_free_port(), str(data), str(tmp_path)), nprocs=WORLD, join=True)
+def test_ddp_trainer_two_gloo_processes(ddp_run):
+    tmp_path = ddp_run
     for r in range(WORLD):
         assert torch.load(tmp_path / f"rank{r}.pt") == {"steps": (6, 6), "world": WORLD}
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)

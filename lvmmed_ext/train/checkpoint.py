@@ -16,6 +16,12 @@ FORMAT = "lvmmed-pretrain-checkpoint"
 VERSION = 1
 
 
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it onto
     ``path``: readers see the old file or the new one, never a partial one (also if the process is killed)."""
@@ -27,6 +33,7 @@ def atomic_write(path: str, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

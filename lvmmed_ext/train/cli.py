@@ -44,7 +44,6 @@ def parser() -> argparse.ArgumentParser:
         description="Self-supervised pretraining of a backbone on a folder of medical images (PNG/JPEG/TIFF, "
         "DICOM incl. multi-frame, NIfTI sliced along --axis), or on the offline demo images (--demo). Writes "
         "checkpoint.pt, log.csv, loss.png, config.json and the exported backbone.pth/.json to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     S = argparse.SUPPRESS  # options left out keep the default, the demo's value, or the resumed checkpoint's
     g = p.add_argument_group("data")
@@ -84,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("views")
     v.add_argument("--image-size", type=int, default=S, help="global view side in pixels (224)")
     v.add_argument("--crop-scale", type=float, nargs=2, default=S, help="global crop area range (0.4 1.0)")
+    v.add_argument("--jitter", type=float, default=S, help="brightness and contrast jitter strength (0.4)")
     v.add_argument("--local-crops", type=int, default=S, help="extra small multi-crop views (0)")
     v.add_argument("--local-size", type=int, default=S, help="multi-crop view side (96)")
     v.add_argument("--local-scale", type=float, nargs=2, default=S, help="multi-crop area range (0.08 0.4)")

@@ -27,7 +27,7 @@ from .progress import CsvLog, ProgressBar, TensorBoardLog, plot_loss
 
 # Changing any of these between a checkpoint and its resumption would silently change the run.
 STRUCTURAL = (
-    "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "local_crops", "local_size",
+    "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "jitter", "local_crops", "local_size",
     "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
     "preprocessing",
 )  # fmt: skip
@@ -52,6 +52,7 @@ class TrainConfig:
     head_opts: dict = field(default_factory=dict)
     image_size: int = 224
     crop_scale: tuple[float, float] = (0.4, 1.0)
+    jitter: float = 0.4
     local_crops: int = 0
     local_size: int = 96
     local_scale: tuple[float, float] = (0.08, 0.4)
@@ -102,6 +103,7 @@ class TrainConfig:
             (self.halvings >= 0, f"--halvings must be >= 0, got {self.halvings}"),
             (self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}"),
             (self.local_crops >= 0, f"--local-crops must be >= 0, got {self.local_crops}"),
+            (0 <= self.jitter < 1, f"--jitter must be in [0, 1), got {self.jitter}"),
             (self.ckpt_every >= 1, f"--ckpt-every must be >= 1, got {self.ckpt_every}"),
             (self.amp in ("auto", "bf16", "off"), f"--amp must be auto, bf16 or off, got {self.amp!r}"),
         ]
@@ -287,9 +289,15 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     head = build_head(cfg.loss, backbone.out_dim, **cfg.head_opts)
     grid = backbone.feature_grid(cfg.image_size)
     views = MultiViewConfig(
-        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, grid=grid),
+        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid),
         2,
-        ViewConfig(size=cfg.local_size, scale=cfg.local_scale, grid=backbone.feature_grid(cfg.local_size))
+        ViewConfig(
+            size=cfg.local_size,
+            scale=cfg.local_scale,
+            brightness=cfg.jitter,
+            contrast=cfg.jitter,
+            grid=backbone.feature_grid(cfg.local_size),
+        )
         if cfg.local_crops
         else None,
         cfg.local_crops,
