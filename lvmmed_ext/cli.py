@@ -8,6 +8,7 @@ import sys
 # command -> (module with a main(argv) -> int, one-line help)
 COMMANDS = {
     "info": ("lvmmed_ext.info", "build and runtime facts (versions, CUDA, compiled backends, ops)"),
+    "bench": ("lvmmed_ext.bench.cli", "benchmark suite: ours vs peers, JSON out, regression gate"),
 }
 
 
