@@ -8,6 +8,7 @@ import sys
 # command -> (module with a main(argv) -> int, one-line help)
 COMMANDS = {
     "info": ("lvmmed_ext.info", "build and runtime facts (versions, CUDA, compiled backends, ops)"),
+    "bench": ("lvmmed_ext.bench.cli", "benchmark suite: ours vs peers, JSON out, regression gate"),
     "pretrain": ("lvmmed_ext.train.cli", "self-supervised pretraining on a folder of images, or --demo"),
     "export": ("lvmmed_ext.train.export", "backbone of a checkpoint -> torchvision-style .pth + preprocessing .json"),
     "eval": ("lvmmed_ext.eval.cli", "linear-probe / kNN evaluation of frozen features on labelled images"),
