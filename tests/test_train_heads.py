@@ -106,6 +106,15 @@ def test_ssl_model_view_pairs_and_map_shapes(needs_maps, symmetric, n_pairs):
     assert (y, p) == (((3, 4, 32), (3, 4, 2)) if needs_maps else (None, None))
 
 
+def test_ssl_model_with_a_vit_backbone_passes_patch_maps():
+    from lvmmed_ext.models import VisionTransformer
+
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    head = _Recorder(needs_maps=True, symmetric=False)
+    SSLModel(vit, head, 2, None)([torch.randn(2, 1, 32, 32)] * 2, [torch.zeros(2, 4, 2)] * 2).backward()
+    assert head.calls[0] == ((2, 16), (2, 4, 16), (2, 4, 2))
+
+
 def test_ssl_model_bf16_autocast_keeps_float32_outputs():
     model = SSLModel(resnet18(width=4), build_head("infonce", 32, hidden_dim=8, out_dim=4), 2, torch.bfloat16)
     loss = model([torch.randn(4, 1, 32, 32)] * 2, [None, None])

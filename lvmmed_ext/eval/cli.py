@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.datasets import LabelledImages
+from ..data.datasets import ImageSet, LabelledImages
 from ..data.presets import Preprocessing
 from ..errors import UsageError
 from ..models import build_backbone, load_pretrained
@@ -128,8 +128,8 @@ def evaluate(
     backbone, prep, size = backbone_for(weights, arch, width, in_chans, image_size, seed)
     if not isinstance(data, LabelledData):
         data = load_labelled(data, prep)
-    else:
-        data.images.prep = prep
+    elif data.images.prep != prep:  # same files, other preprocessing: a fresh decode cache
+        data.images = ImageSet(data.images.sources, prep, items=data.images.items, cache_bytes=data.images.cache_bytes)
     if data.split is not None:
         train, test = np.flatnonzero(data.split == "train"), np.flatnonzero(data.split == "test")
         split_desc = "the CSV's split column"

@@ -110,7 +110,7 @@ def export_info(ckpt: dict, source: str) -> dict:
     return {
         "format": "lvmmed-backbone",
         "arch": cfg["arch"],
-        "width": cfg.get("width"),
+        "width": cfg.get("width") if cfg.get("width") is not None else ckpt.get("width"),
         "in_chans": cfg["preprocessing"]["in_chans"],
         "image_size": cfg["image_size"],
         "feature_dim": ckpt.get("feature_dim"),

@@ -18,6 +18,7 @@ from .heads import head_available, head_names
 DEMO = {
     "arch": "resnet18",
     "image_size": 96,
+    "crop_scale": (0.08, 1.0),  # small crops too: the evaluation looks at 24 mm patches
     "batch_size": 32,
     "steps": 150,
     "ckpt_every": 50,
@@ -135,6 +136,9 @@ def build_config(args: argparse.Namespace, saved: dict | None):
         if key in merged and merged[key] is not None:
             merged[key] = tuple(merged[key])
     merged.pop("global_batch", None)
+    for key in ("data", "out", "init"):  # absolute, so a resumed run compares and finds the same paths
+        if merged.get(key) and merged[key] != "demo":
+            merged[key] = os.path.abspath(merged[key])
     return TrainConfig(preprocessing=prep, **merged)
 
 

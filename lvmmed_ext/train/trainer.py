@@ -287,7 +287,11 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     if cfg.init and saved is None:
         load_pretrained(backbone, cfg.init, verbose=dist_info.is_main)
     head = build_head(cfg.loss, backbone.out_dim, **cfg.head_opts)
-    grid = backbone.feature_grid(cfg.image_size)
+    try:
+        grid = backbone.feature_grid(cfg.image_size)
+        local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops else None
+    except ValueError as e:
+        raise UsageError(f"--image-size/--local-size do not fit {cfg.arch}: {e}") from None
     views = MultiViewConfig(
         ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid),
         2,
@@ -296,7 +300,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             scale=cfg.local_scale,
             brightness=cfg.jitter,
             contrast=cfg.jitter,
-            grid=backbone.feature_grid(cfg.local_size),
+            grid=local_grid,
         )
         if cfg.local_crops
         else None,
@@ -400,6 +404,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 "config": cfg.to_json(),
                 "n_images": n_images,
                 "feature_dim": backbone.out_dim,
+                "width": getattr(backbone, "width", None),
                 "backbone": backbone_state_dict(model.backbone),
                 "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
