@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .datasets import ImageSet, Item
-from .io import ReadError, _header
+from .io import ReadError, read_header
 from .presets import Preprocessing
 
 # (file name in pydicom's test data, frame step): real scans only (no synthetic SC/OT test patterns).
@@ -95,7 +95,7 @@ def pretrain_images(prep: Preprocessing, cache_bytes: int = 1 << 30, log=print) 
     def add(path: str, frames) -> int:
         kind = "dicom" if path.lower().endswith(".dcm") else "nifti"
         try:
-            src = _header(path, kind, prep.axis)
+            src = read_header(path, kind, prep.axis)
         except ReadError:
             return 0
         sources.append(src)

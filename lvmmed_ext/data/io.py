@@ -77,8 +77,9 @@ def _kind_of(path: str) -> str | None:
         return None
 
 
-def _header(path: str, kind: str, axis: int) -> Source:
-    """Read the header only; raise ReadError when the file is not a readable image."""
+def read_header(path: str, kind: str, axis: int = 2) -> Source:
+    """The ``Source`` of one file of ``kind`` (raster, tiff, dicom, nifti) from its header alone; ``ReadError``
+    when the file is not a readable image (``scan`` calls this for every file it finds)."""
     try:
         if kind == "nifti":
             import nibabel as nib
@@ -164,7 +165,7 @@ def scan(paths: str | os.PathLike | list, axis: int = 2, what: str = "--data") -
             result.ignored += 1
             continue
         try:
-            result.sources.append(_header(path, kind, axis))
+            result.sources.append(read_header(path, kind, axis))
         except ReadError as e:
             result.skipped.append((path, str(e)))
     if not result.sources:

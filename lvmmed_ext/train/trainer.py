@@ -469,6 +469,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             tb.close()
         del it
 
+    loop_rate = images_done / max(time.perf_counter() - t0, 1e-9)
     weights = weights_json = plot = None
     bad_total = skipped_at_scan + all_reduce_sum_int(len(bad_paths), device)
     if dist_info.is_main:
@@ -488,7 +489,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         weights_json=weights_json,
         skipped_files=bad_total,
         seconds=seconds,
-        images_per_s=images_done / max(time.perf_counter() - t0, 1e-9),
+        images_per_s=loop_rate,
     )
 
 
