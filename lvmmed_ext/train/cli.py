@@ -23,8 +23,8 @@ DEMO = {
     "steps": 150,
     "ckpt_every": 50,
     "max_side": 256,
-    "head_opts": {"hidden_dim": 512, "out_dim": 128},
 }
+DEMO_HEAD_OPTS = {"infonce": {"hidden_dim": 512, "out_dim": 128}}  # per loss, so another head gets its defaults
 
 _PREP_KEYS = ("preset", "window", "percentiles", "in_chans", "max_side", "axis")
 
@@ -168,9 +168,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
     cfg = build_config(args, saved)
     demo = cfg.data == "demo"
-    if demo and "loss" not in vars(args) and saved is None and not head_available(cfg.loss):
-        print(f"notice: the {cfg.loss} loss is not available in this build; the demo uses --loss infonce", flush=True)
-        cfg.loss = "infonce"
+    if demo and saved is None:
+        if "loss" not in vars(args) and not head_available(cfg.loss):
+            print(
+                f"notice: the {cfg.loss} loss is not available in this build; the demo uses --loss infonce", flush=True
+            )
+            cfg.loss = "infonce"
+        cfg.head_opts = {**DEMO_HEAD_OPTS.get(cfg.loss, {}), **cfg.head_opts}
     if not cfg.out:
         cfg.out = (
             os.path.dirname(os.path.abspath(args.resume))
