@@ -127,13 +127,9 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cpu(const at::Tensor&
     const auto* isp = inv_s.const_data_ptr<scalar_t>();
     const auto* itp = inv_t.const_data_ptr<scalar_t>();
     const auto* mp = m.const_data_ptr<int32_t>();
-    at::parallel_for(0, s.G * s.N, 1, [&](int64_t begin, int64_t end) {
-      cpu::local_affinity_backward_source<scalar_t>(gp, ysp, ytp, isp, itp, mp, grad_ys.mutable_data_ptr<scalar_t>(),
-                                                    s, begin, end);
-    });
-    at::parallel_for(0, s.G * s.M, 1, [&](int64_t begin, int64_t end) {
-      cpu::local_affinity_backward_target<scalar_t>(gp, ysp, ytp, isp, itp, mp, grad_yt.mutable_data_ptr<scalar_t>(),
-                                                    s, begin, end);
+    at::parallel_for(0, 2 * s.G, 1, [&](int64_t begin, int64_t end) {
+      cpu::local_affinity_backward<scalar_t>(gp, ysp, ytp, isp, itp, mp, grad_ys.mutable_data_ptr<scalar_t>(),
+                                             grad_yt.mutable_data_ptr<scalar_t>(), s, begin, end);
     });
   });
   return {grad_ys.to(y_s.scalar_type()), grad_yt.to(y_t.scalar_type())};

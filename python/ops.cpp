@@ -25,6 +25,7 @@ TORCH_LIBRARY(lvmmed, m) {
   m.def("edge_affinity(Tensor z_s, Tensor edges_s, Tensor z_t, Tensor edges_t) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // grad [G,Es,Et], z_s, edges_s, z_t, edges_t -> (grad_z_s [G,N,F], grad_z_t [G,M,F])
-  m.def("edge_affinity_backward(Tensor grad, Tensor z_s, Tensor edges_s, Tensor z_t, Tensor edges_t) -> (Tensor, Tensor)",
-        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "edge_affinity_backward(Tensor grad, Tensor z_s, Tensor edges_s, Tensor z_t, Tensor edges_t) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -84,11 +84,12 @@ LocalAffinityShape local_affinity_shape(const at::Tensor& y_s, const at::Tensor&
                     "y_s [G,N,P,D] and y_t [G,M,Q,D] must have the same number of graphs G, got y_s ", shape_str(y_s),
                     " and y_t ", shape_str(y_t));
   TORCH_CHECK_VALUE(y_s.size(3) == y_t.size(3),
-                    "y_s [G,N,P,D] and y_t [G,M,Q,D] must have the same number of channels D, got y_s ",
-                    shape_str(y_s), " and y_t ", shape_str(y_t));
-  TORCH_CHECK_VALUE(y_s.size(2) > 0 && y_t.size(2) > 0 && y_s.size(3) > 0,
-                    "y_s [G,N,P,D] and y_t [G,M,Q,D] need at least one position and one channel (P, Q, D >= 1), got y_s ",
-                    shape_str(y_s), " and y_t ", shape_str(y_t));
+                    "y_s [G,N,P,D] and y_t [G,M,Q,D] must have the same number of channels D, got y_s ", shape_str(y_s),
+                    " and y_t ", shape_str(y_t));
+  TORCH_CHECK_VALUE(
+      y_s.size(2) > 0 && y_t.size(2) > 0 && y_s.size(3) > 0,
+      "y_s [G,N,P,D] and y_t [G,M,Q,D] need at least one position and one channel (P, Q, D >= 1), got y_s ",
+      shape_str(y_s), " and y_t ", shape_str(y_t));
   TORCH_CHECK_VALUE(top_loc >= 1, "top_loc must be >= 1, got ", top_loc);
   TORCH_CHECK_VALUE(!top_feat || *top_feat >= 1, "top_feat must be >= 1 or None, got ", top_feat.value_or(0));
   LocalAffinityShape s{};
@@ -166,17 +167,17 @@ LocalAffinityShape validate_local_affinity_backward(const at::Tensor& grad, cons
   const auto s = local_affinity_shape(y_s, y_t, with_positions, top_loc, top_feat);
   check_float_tensor(grad, "grad", 3, "[G,N,M]");
   check_same_device_dtype(grad, "grad", y_s, "y_s");
-  TORCH_CHECK_VALUE(grad.size(0) == s.G && grad.size(1) == s.N && grad.size(2) == s.M, "grad must be [G,N,M] = [",
-                    s.G, ", ", s.N, ", ", s.M, "], got ", shape_str(grad));
+  TORCH_CHECK_VALUE(grad.size(0) == s.G && grad.size(1) == s.N && grad.size(2) == s.M, "grad must be [G,N,M] = [", s.G,
+                    ", ", s.N, ", ", s.M, "], got ", shape_str(grad));
   TORCH_CHECK_TYPE(matches.scalar_type() == at::kInt, "matches must have dtype torch.int32, got ",
                    dtype_str(matches.scalar_type()));
   TORCH_CHECK_VALUE(matches.device() == y_s.device(), "y_s and matches must be on the same device, got y_s on ",
                     y_s.device(), " and matches on ", matches.device());
   const int64_t W = s.match_width();
-  TORCH_CHECK_VALUE(matches.dim() == 4 && matches.size(0) == s.G && matches.size(1) == s.N &&
-                        matches.size(2) == s.M && matches.size(3) == W,
-                    "matches must be [G,N,M,W] = [", s.G, ", ", s.N, ", ", s.M, ", ", W, "] (W = ",
-                    with_positions ? "2(P+Q)" : "P+Q", "), got ", shape_str(matches));
+  TORCH_CHECK_VALUE(matches.dim() == 4 && matches.size(0) == s.G && matches.size(1) == s.N && matches.size(2) == s.M &&
+                        matches.size(3) == W,
+                    "matches must be [G,N,M,W] = [", s.G, ", ", s.N, ", ", s.M, ", ", W,
+                    "] (W = ", with_positions ? "2(P+Q)" : "P+Q", "), got ", shape_str(matches));
   return s;
 }
 
@@ -211,8 +212,7 @@ std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity(const at::Tensor
   return {check_edges(edges_s, "edges_s", z_s, "z_s"), check_edges(edges_t, "edges_t", z_t, "z_t")};
 }
 
-std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad,
-                                                                         const at::Tensor& z_s,
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
                                                                          const at::Tensor& edges_s,
                                                                          const at::Tensor& z_t,
                                                                          const at::Tensor& edges_t) {

@@ -46,8 +46,7 @@ KnnGraphShape validate_knn_graph(const at::Tensor& z, int64_t k);
 // edge_affinity: z_s [G,N,F], edges_s [G,Es,2] int64 with entries in [0,N); the same for t; same device/dtype.
 std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity(const at::Tensor& z_s, const at::Tensor& edges_s,
                                                                 const at::Tensor& z_t, const at::Tensor& edges_t);
-std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad,
-                                                                         const at::Tensor& z_s,
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
                                                                          const at::Tensor& edges_s,
                                                                          const at::Tensor& z_t,
                                                                          const at::Tensor& edges_t);

@@ -36,8 +36,7 @@ void edge_vectors_backward(const T* grad_d, const std::int64_t* edges, T* grad_z
 
 template void edge_vectors<float>(const float*, const std::int64_t*, float*, EdgeListShape, index_t, index_t);
 template void edge_vectors<double>(const double*, const std::int64_t*, double*, EdgeListShape, index_t, index_t);
-template void edge_vectors_backward<float>(const float*, const std::int64_t*, float*, EdgeListShape, index_t,
-                                           index_t);
+template void edge_vectors_backward<float>(const float*, const std::int64_t*, float*, EdgeListShape, index_t, index_t);
 template void edge_vectors_backward<double>(const double*, const std::int64_t*, double*, EdgeListShape, index_t,
                                             index_t);
 

@@ -5,6 +5,7 @@
 #include "lvmmed/local_affinity.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -92,8 +93,8 @@ void keep_smallest(const V* d, index_t n, index_t k, int32_t* idx, std::vector<i
 // Scratch of one forward task, reused across its rows.
 template <typename T>
 struct ForwardScratch {
-  std::vector<T> dist;                  // [P, M*Q] feature distances of the slab
-  std::vector<T> row_min, col_min;      // [M, P] nearest target distance per source cell / [M*Q] the reverse
+  std::vector<T> dist;              // [P, M*Q] feature distances of the slab
+  std::vector<T> row_min, col_min;  // [M, P] nearest target distance per source cell / [M*Q] the reverse
   std::vector<int32_t> row_arg, col_arg;
   std::vector<double> loc, loc_row_min, loc_col_min;  // [P,Q], [P], [Q]
   std::vector<index_t> order;
@@ -170,80 +171,160 @@ void local_affinity_forward(const T* gram, const T* sq_s, const T* inv_s, const 
   }
 }
 
+namespace {
+
+// The selections of one graph as a sparse matrix in CSR form, one row per destination vector (a cell of the side
+// being differentiated), entries (source cell, weight): dL/d(yhat_dest) = sum_entries weight * y_src (the weight
+// includes grad[g,i,a], the selection weight and the source's inverse norm). Rows list their entries in the order
+// (pair, term, cell), so the sums are deterministic.
 template <typename T>
-void local_affinity_backward_source(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
-                                    const int32_t* matches, T* grad_ys, LocalAffinityShape s, index_t n_begin,
-                                    index_t n_end) {
-  const index_t P = s.P, Q = s.Q, M = s.M, D = s.D, W = s.match_width();
-  const double wfs = s.feat_weight(s.feat_s), wft = s.feat_weight(s.feat_t);
-  const double wls = s.with_positions ? s.loc_weight(s.loc_s) : 0, wlt = s.with_positions ? s.loc_weight(s.loc_t) : 0;
-  for (index_t node = n_begin; node < n_end; ++node) {
-    const index_t g = node / s.N;
-    T* A = grad_ys + node * P * D;  // dL/d(yhat_s) of node's cells, then the gradient in place
-    std::fill(A, A + P * D, T(0));
-    const T* yt_g = yt + g * M * Q * D;
-    const T* invt = inv_t + g * M * Q;
-    for (index_t a = 0; a < M; ++a) {
-      const double go = double(grad[node * M + a]);
+struct SelectionRows {
+  std::vector<index_t> start;  // [rows + 1]
+  std::vector<int32_t> src;
+  std::vector<T> weight;
+};
+
+// Visits every selection of graph g with a nonzero upstream gradient as f(source cell, target cell, weight without
+// inverse norms), cells numbered within the graph: source cell i*P + p, target cell a*Q + q.
+template <typename T, typename F>
+void for_each_selection(const T* grad, const int32_t* matches, const LocalAffinityShape& s, index_t g, F&& f) {
+  const index_t P = s.P, Q = s.Q, W = s.match_width();
+  const double w[4] = {s.feat_weight(s.feat_s), s.feat_weight(s.feat_t), s.with_positions ? s.loc_weight(s.loc_s) : 0.0,
+                       s.with_positions ? s.loc_weight(s.loc_t) : 0.0};
+  for (index_t i = 0; i < s.N; ++i)
+    for (index_t a = 0; a < s.M; ++a) {
+      const index_t pair = (g * s.N + i) * s.M + a;
+      const double go = double(grad[pair]);
       if (go == 0) continue;  // exact: every contribution of this pair is 0 * finite
-      const int32_t* m = matches + (node * M + a) * W;
-      const index_t off = a * Q;
-      // Sections i->a (m[p] = matched target cell of source cell p) and a->i (m[q] = matched source cell of q).
-      const auto gather = [&](const int32_t* ms, const int32_t* mt, double wst, double wts) {
+      const int32_t* m = matches + pair * W;
+      for (int term = 0; term < (s.with_positions ? 2 : 1); ++term) {
+        const int32_t* ms = m + term * (P + Q);  // i -> a: target cell matched to source cell p
+        const int32_t* mt = ms + P;              // a -> i: source cell matched to target cell q
         for (index_t p = 0; p < P; ++p)
-          if (ms[p] >= 0) {
-            const index_t t = off + ms[p];
-            axpy(T(go * wst * double(invt[t])), yt_g + t * D, A + p * D, D);
-          }
+          if (ms[p] >= 0) f(i * P + p, a * Q + ms[p], go * w[2 * term]);
         for (index_t q = 0; q < Q; ++q)
-          if (mt[q] >= 0) axpy(T(go * wts * double(invt[off + q])), yt_g + (off + q) * D, A + mt[q] * D, D);
-      };
-      gather(m, m + P, wfs, wft);
-      if (s.with_positions) gather(m + P + Q, m + 2 * P + Q, wls, wlt);
+          if (mt[q] >= 0) f(i * P + mt[q], a * Q + q, go * w[2 * term + 1]);
+      }
     }
-    project_rows(A, ys + node * P * D, inv_s + node * P, D, A, 0, P);
+}
+
+// CSR of graph g's selections with destination rows on the source side (to_source) or the target side.
+template <typename T>
+void build_selection_rows(const T* grad, const int32_t* matches, const T* inv_src, const LocalAffinityShape& s,
+                          index_t g, bool to_source, SelectionRows<T>& rows) {
+  const index_t n_rows = to_source ? s.N * s.P : s.M * s.Q;
+  rows.start.assign(n_rows + 1, 0);
+  for_each_selection(grad, matches, s, g,
+                     [&](index_t cs, index_t ct, double) { ++rows.start[(to_source ? cs : ct) + 1]; });
+  std::partial_sum(rows.start.begin(), rows.start.end(), rows.start.begin());
+  rows.src.resize(rows.start[n_rows]);
+  rows.weight.resize(rows.start[n_rows]);
+  std::vector<index_t> next(rows.start.begin(), rows.start.end() - 1);
+  for_each_selection(grad, matches, s, g, [&](index_t cs, index_t ct, double w) {
+    const index_t dst = to_source ? cs : ct, src = to_source ? ct : cs;
+    const index_t e = next[dst]++;
+    rows.src[e] = static_cast<int32_t>(src);
+    rows.weight[e] = static_cast<T>(w * double(inv_src[src]));
+  });
+}
+
+// dst[0..R*L) = sum_e weight[e] * y[src[e] * ld + 0..R*L): R accumulators of one 32-byte vector (L lanes) each,
+// kept in registers (GCC/Clang vector extensions, so each CPU clone gets its own instructions).
+template <typename T>
+struct Vec32;  // one 32-byte SIMD vector of T (the attribute needs a non-dependent type)
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+template <typename T, int R>
+LVMMED_CPU_CLONES void gather_rows_fixed(const T* y, index_t ld, const int32_t* src, const T* weight, index_t n,
+                                         T* dst) {
+  using V = typename Vec32<T>::type;
+  constexpr int L = 32 / sizeof(T);
+  V acc[R] = {};
+  for (index_t e = 0; e < n; ++e) {
+    const T* row = y + src[e] * ld;
+    const V w = V{} + weight[e];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      V x;
+      std::memcpy(&x, row + r * L, sizeof(V));
+      acc[r] += w * x;
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) std::memcpy(dst + r * L, &acc[r], sizeof(V));
+}
+
+// The same for a chunk of any width (the tail of D), one output at a time.
+template <typename T>
+void gather_rows_tail(const T* y, index_t ld, const int32_t* src, const T* weight, index_t n, index_t width, T* dst) {
+  for (index_t c = 0; c < width; ++c) {
+    T acc = 0;
+    for (index_t e = 0; e < n; ++e) acc += weight[e] * y[src[e] * ld + c];
+    dst[c] = acc;
   }
 }
+
+// One side of graph g: grad [rows, D] of the side's cells, from the other side's vectors y_src [cells, D].
+template <typename T>
+void backward_side(const T* grad, const T* y_dst, const T* y_src, const T* inv_dst, const T* inv_src,
+                   const int32_t* matches, T* grad_dst, const LocalAffinityShape& s, index_t g, bool to_source) {
+  constexpr int R = 8, C = R * 32 / static_cast<int>(sizeof(T));  // 8 AVX2 registers: 64 floats / 32 doubles
+  SelectionRows<T> rows;
+  build_selection_rows(grad, matches, inv_src, s, g, to_source, rows);
+  const index_t n_rows = to_source ? s.N * s.P : s.M * s.Q, D = s.D;
+  // D-chunks outermost, over source rows packed chunk-major [D/C][cells][C] in one sequential pass: a chunk's panel
+  // stays in cache across destination rows (unpacked rows D apart alias the same cache sets when D is a power of 2).
+  const index_t n_src = to_source ? s.M * s.Q : s.N * s.P, n_chunks = (D + C - 1) / C;
+  std::vector<T> panels(n_chunks * n_src * C);
+  for (index_t r = 0; r < n_src; ++r)
+    for (index_t k = 0; k < n_chunks; ++k)
+      std::copy_n(y_src + r * D + k * C, std::min<index_t>(C, D - k * C), panels.data() + (k * n_src + r) * C);
+  for (index_t k = 0; k < n_chunks; ++k) {
+    const index_t c0 = k * C, width = std::min<index_t>(C, D - c0);
+    const T* panel = panels.data() + k * n_src * C;
+    for (index_t r = 0; r < n_rows; ++r) {
+      const index_t b = rows.start[r], n = rows.start[r + 1] - b;
+      T* dst = grad_dst + r * D + c0;
+      if (width == C)
+        gather_rows_fixed<T, R>(panel, C, rows.src.data() + b, rows.weight.data() + b, n, dst);
+      else
+        gather_rows_tail(panel, C, rows.src.data() + b, rows.weight.data() + b, n, width, dst);
+    }
+  }
+  project_rows(grad_dst, y_dst, inv_dst, D, grad_dst, 0, n_rows);
+}
+
+}  // namespace
 
 template <typename T>
-void local_affinity_backward_target(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
-                                    const int32_t* matches, T* grad_yt, LocalAffinityShape s, index_t n_begin,
-                                    index_t n_end) {
-  const index_t P = s.P, Q = s.Q, N = s.N, M = s.M, D = s.D, W = s.match_width();
-  const double wfs = s.feat_weight(s.feat_s), wft = s.feat_weight(s.feat_t);
-  const double wls = s.with_positions ? s.loc_weight(s.loc_s) : 0, wlt = s.with_positions ? s.loc_weight(s.loc_t) : 0;
-  for (index_t tnode = n_begin; tnode < n_end; ++tnode) {
-    const index_t g = tnode / M, a = tnode % M;
-    T* B = grad_yt + tnode * Q * D;
-    std::fill(B, B + Q * D, T(0));
-    for (index_t i = 0; i < N; ++i) {
-      const index_t node = g * N + i;
-      const double go = double(grad[node * M + a]);
-      if (go == 0) continue;
-      const int32_t* m = matches + (node * M + a) * W;
-      const T* ys_i = ys + node * P * D;
-      const T* invs = inv_s + node * P;
-      const auto gather = [&](const int32_t* ms, const int32_t* mt, double wst, double wts) {
-        for (index_t p = 0; p < P; ++p)
-          if (ms[p] >= 0) axpy(T(go * wst * double(invs[p])), ys_i + p * D, B + ms[p] * D, D);
-        for (index_t q = 0; q < Q; ++q)
-          if (mt[q] >= 0) axpy(T(go * wts * double(invs[mt[q]])), ys_i + mt[q] * D, B + q * D, D);
-      };
-      gather(m, m + P, wfs, wft);
-      if (s.with_positions) gather(m + P + Q, m + 2 * P + Q, wls, wlt);
-    }
-    project_rows(B, yt + tnode * Q * D, inv_t + tnode * Q, D, B, 0, Q);
+void local_affinity_backward(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
+                             const int32_t* matches, T* grad_ys, T* grad_yt, LocalAffinityShape s, index_t t_begin,
+                             index_t t_end) {
+  const index_t NP = s.N * s.P, MQ = s.M * s.Q, D = s.D;
+  for (index_t t = t_begin; t < t_end; ++t) {
+    const index_t g = t / 2;
+    if (t % 2 == 0)
+      backward_side(grad, ys + g * NP * D, yt + g * MQ * D, inv_s + g * NP, inv_t + g * MQ, matches,
+                    grad_ys + g * NP * D, s, g, true);
+    else
+      backward_side(grad, yt + g * MQ * D, ys + g * NP * D, inv_t + g * MQ, inv_s + g * NP, matches,
+                    grad_yt + g * MQ * D, s, g, false);
   }
 }
 
-#define LVMMED_INSTANTIATE(T)                                                                                       \
-  template void local_affinity_forward<T>(const T*, const T*, const T*, const T*, const T*, const double*,          \
-                                          const double*, T*, int32_t*, LocalAffinityShape, GramChunk, index_t,      \
-                                          index_t);                                                                 \
-  template void local_affinity_backward_source<T>(const T*, const T*, const T*, const T*, const T*, const int32_t*, \
-                                                  T*, LocalAffinityShape, index_t, index_t);                        \
-  template void local_affinity_backward_target<T>(const T*, const T*, const T*, const T*, const T*, const int32_t*, \
-                                                  T*, LocalAffinityShape, index_t, index_t);
+#define LVMMED_INSTANTIATE(T)                                                                                        \
+  template void local_affinity_forward<T>(const T*, const T*, const T*, const T*, const T*, const double*,           \
+                                          const double*, T*, int32_t*, LocalAffinityShape, GramChunk, index_t,       \
+                                          index_t);                                                                  \
+  template void local_affinity_backward<T>(const T*, const T*, const T*, const T*, const T*, const int32_t*, T*, T*, \
+                                           LocalAffinityShape, index_t, index_t);
 LVMMED_INSTANTIATE(float)
 LVMMED_INSTANTIATE(double)
 #undef LVMMED_INSTANTIATE

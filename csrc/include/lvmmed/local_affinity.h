@@ -5,7 +5,8 @@
 //   y_s [G,N,P,D], y_t [G,M,Q,D] feature maps (P, Q positions of D channels), optional cell positions
 //   pos_s [G,N,P,2], pos_t [G,M,Q,2] (float64 here). For the pair (i, a) of graph g, with q_p = y_s[g,i,p] and
 //   q'_p' = y_t[g,a,p']:
-//     feat(i->a) = mean over the feat_s positions p with the smallest ||q_p - q'_m'(p)||, m'(p) = argmin_p' ||q_p - q'_p'||,
+//     feat(i->a) = mean over the feat_s positions p with the smallest ||q_p - q'_m'(p)||, m'(p) = argmin_p' ||q_p -
+//     q'_p'||,
 //                  of cos(q_p, q'_m'(p));
 //     loc(i->a)  = the same with m(p) = argmin_p' ||pos_s[p] - pos_t[p']|| and the loc_s smallest position distances;
 //     l(i->a)    = (loc + feat)/2 with positions, feat without; (a->i) symmetrically with p' over Q;
@@ -56,17 +57,12 @@ template <typename T>
 void local_affinity_forward(const T* gram, const T* sq_s, const T* inv_s, const T* sq_t, const T* inv_t,
                             const double* pos_s, const double* pos_t, T* out, std::int32_t* matches,
                             LocalAffinityShape s, GramChunk c, index_t r_begin, index_t r_end);
-// grad [G,N,M] -> grad_ys rows of the source nodes [n_begin, n_end) of [0, G*N) (each node owns its P rows of
-// grad_ys [G,N,P,D]); inv_* as in the forward.
+// grad [G,N,M] -> grad_ys [G,N,P,D], grad_yt [G,M,Q,D] for the tasks [t_begin, t_end) of [0, 2G): task 2g computes
+// graph g's grad_ys, task 2g+1 its grad_yt. inv_* as in the forward.
 template <typename T>
-void local_affinity_backward_source(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
-                                    const std::int32_t* matches, T* grad_ys, LocalAffinityShape s, index_t n_begin,
-                                    index_t n_end);
-// The same for grad_yt [G,M,Q,D], target nodes [n_begin, n_end) of [0, G*M).
-template <typename T>
-void local_affinity_backward_target(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
-                                    const std::int32_t* matches, T* grad_yt, LocalAffinityShape s, index_t n_begin,
-                                    index_t n_end);
+void local_affinity_backward(const T* grad, const T* ys, const T* yt, const T* inv_s, const T* inv_t,
+                             const std::int32_t* matches, T* grad_ys, T* grad_yt, LocalAffinityShape s, index_t t_begin,
+                             index_t t_end);
 }  // namespace cpu
 
 #if defined(LVMMED_WITH_CUDA) || defined(__CUDACC__)
@@ -74,10 +70,9 @@ namespace cuda {
 // Sets *nonfinite = 1 if one of the n doubles is NaN or Inf.
 cudaError_t flag_nonfinite(const double* x, index_t n, int* nonfinite, cudaStream_t stream);
 // Forward for every row of the chunk: gram [graphs, nodes*P, M*Q] in A; norms in A; out [G,N,M] in the dtype.
-cudaError_t local_affinity_forward(DType dtype, const void* gram, const void* sq_s, const void* inv_s,
-                                   const void* sq_t, const void* inv_t, const double* pos_s, const double* pos_t,
-                                   void* out, std::int32_t* matches, LocalAffinityShape s, GramChunk c,
-                                   cudaStream_t stream);
+cudaError_t local_affinity_forward(DType dtype, const void* gram, const void* sq_s, const void* inv_s, const void* sq_t,
+                                   const void* inv_t, const double* pos_s, const double* pos_t, void* out,
+                                   std::int32_t* matches, LocalAffinityShape s, GramChunk c, cudaStream_t stream);
 // Dense coefficients of the backward for the chunk, both [graphs, nodes*P, M*Q] in the dtype:
 //   c_s[p,p'] = grad[g,i,a] * w(p,p') * inv_t[p'],  c_t[p,p'] = grad[g,i,a] * w(p,p') * inv_s[p],
 // w(p,p') the summed weights of the selections that pair p with p'. Then d_s = c_s . y_t and d_t = c_t^T . y_s are
