@@ -44,18 +44,21 @@ def local_affinity(
     *,
     top_loc: int = 20,
     top_feat: int | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Reference of :func:`lvmmed_ext.local_affinity`: ``[G,N,P,D], [G,M,Q,D] -> [G,N,M]``.
 
-    Squared distances are computed from explicit differences, one source node at a time (memory M*P*Q*D)."""
-    ys, yt = y_s.double(), y_t.double()
+    Squared distances are computed from explicit differences, one source node at a time (memory M*P*Q*D). The maps
+    are computed in ``dtype`` (float64: the oracle; float16/bfloat16: a same-precision PyTorch peer for the
+    low-precision tests), positions always in float64."""
+    ys, yt = y_s.to(dtype), y_t.to(dtype)
     P, Q = ys.shape[2], yt.shape[2]
     feat_k = P + Q if top_feat is None else top_feat
     rows = []
     for i in range(ys.shape[1]):
         yi = ys[:, i, None]  # [G,1,P,D]
         dist = ((yi[:, :, :, None, :] - yt[:, :, None, :, :]) ** 2).sum(-1)  # [G,M,P,Q]
-        cos = cosine_matrix(yi, yt)  # [G,M,P,Q]
+        cos = (yi * safe_inverse_norm(yi)) @ (yt * safe_inverse_norm(yt)).transpose(-1, -2)  # [G,M,P,Q]
         l_st = _mean_of_kept(dist, cos, feat_k)
         l_ts = _mean_of_kept(dist.transpose(-1, -2), cos.transpose(-1, -2), feat_k)
         if pos_s is not None:
