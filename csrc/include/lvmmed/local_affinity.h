@@ -36,10 +36,11 @@ struct LocalAffinityShape {
   index_t feat_s, feat_t;  // positions averaged by the feature term: min(top_feat, P), min(top_feat, Q)
   index_t loc_s, loc_t;    // positions averaged by the location term: min(top_loc, P), min(top_loc, Q)
 
-  index_t match_width() const { return (with_positions ? 2 : 1) * (P + Q); }
+  // constexpr: also callable from device code (nvcc --expt-relaxed-constexpr).
+  constexpr index_t match_width() const { return (with_positions ? 2 : 1) * (P + Q); }
   // Weight of one selected cosine in out[g,i,a], per term: 1/2 (directions) x 1/2 (loc/feat, with positions) / k.
-  double feat_weight(index_t kept) const { return (with_positions ? 0.25 : 0.5) / static_cast<double>(kept); }
-  double loc_weight(index_t kept) const { return 0.25 / static_cast<double>(kept); }
+  constexpr double feat_weight(index_t kept) const { return (with_positions ? 0.25 : 0.5) / static_cast<double>(kept); }
+  constexpr double loc_weight(index_t kept) const { return 0.25 / static_cast<double>(kept); }
 };
 
 // A slab of the Gram matrix y_s . y_t^T computed by the caller, laid out [graphs, nodes*P, M*Q] (contiguous):
@@ -67,16 +68,20 @@ void local_affinity_backward(const T* grad, const T* ys, const T* yt, const T* i
 
 #if defined(LVMMED_WITH_CUDA) || defined(__CUDACC__)
 namespace cuda {
+// Largest P and Q the CUDA forward takes: a block keeps one float64 distance and one index per cell in the
+// default 48 KB of shared memory.
+constexpr index_t kLocalAffinityMaxCells = 4000;
 // Sets *nonfinite = 1 if one of the n doubles is NaN or Inf.
 cudaError_t flag_nonfinite(const double* x, index_t n, int* nonfinite, cudaStream_t stream);
-// Forward for every row of the chunk: gram [graphs, nodes*P, M*Q] in A; norms in A; out [G,N,M] in the dtype.
+// Forward for every pair of the chunk: gram [graphs, nodes*P, M*Q], sq_*/inv_* from row_norms (lvmmed/cosine.h), all
+// in the accumulation type A (fp32; fp64 for fp64); out [G,N,M] in the dtype. P, Q <= kLocalAffinityMaxCells.
 cudaError_t local_affinity_forward(DType dtype, const void* gram, const void* sq_s, const void* inv_s, const void* sq_t,
                                    const void* inv_t, const double* pos_s, const double* pos_t, void* out,
                                    std::int32_t* matches, LocalAffinityShape s, GramChunk c, cudaStream_t stream);
 // Dense coefficients of the backward for the chunk, both [graphs, nodes*P, M*Q] in the dtype:
 //   c_s[p,p'] = grad[g,i,a] * w(p,p') * inv_t[p'],  c_t[p,p'] = grad[g,i,a] * w(p,p') * inv_s[p],
-// w(p,p') the summed weights of the selections that pair p with p'. Then d_s = c_s . y_t and d_t = c_t^T . y_s are
-// dL/d(yhat) scaled by the other side's inverse norm, and project_rows finishes the chain rule.
+// w(p,p') the summed weights of the selections that pair p with p'. Then d_s = c_s . y_t = dL/d(yhat_s) and
+// d_t = c_t^T . y_s = dL/d(yhat_t) (library GEMMs in the glue), and project_rows finishes the chain rule.
 cudaError_t local_affinity_backward_coefficients(DType dtype, const void* grad, const void* inv_s, const void* inv_t,
                                                  const std::int32_t* matches, void* c_s, void* c_t,
                                                  LocalAffinityShape s, GramChunk c, cudaStream_t stream);
