@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import warnings
 
 import torch
 from timing import environment, sync, time_fn, write_json
@@ -145,10 +146,13 @@ class _SparseBackward(torch.autograd.Function):
         inv_s = 1 / torch.linalg.vector_norm(ys, dim=-1, keepdim=True).clamp_min(1e-30)
         inv_t = 1 / torch.linalg.vector_norm(yt, dim=-1, keepdim=True).clamp_min(1e-30)
         vals = w * grad.reshape(-1)[pair]
-        C = torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, (G * N * P, G * M * Q)).coalesce()
-        C = C.to_sparse_csr()
-        ds = C @ (yt * inv_t)  # dL/d(yhat_s)
-        dt = C.t().to_sparse_csr() @ (ys * inv_s)
+        size = (G * N * P, G * M * Q)
+        C = torch.sparse_coo_tensor(torch.stack((rows, cols)), vals, size, check_invariants=False).coalesce()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            C = C.to_sparse_csr()
+            ds = C @ (yt * inv_t)  # dL/d(yhat_s)
+            dt = C.t().to_sparse_csr() @ (ys * inv_s)
 
         def project(d, y, inv):
             return inv * (d - (d * y).sum(-1, keepdim=True) * inv * inv * y)

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -66,15 +67,40 @@ LVMMED_CPU_CLONES void feature_distances(const T* gram, const T* sq_s, const T* 
   }
 }
 
-// Squared distances between the cell positions ps [P,2] and pt [Q,2] (x, y interleaved): d [P,Q].
-LVMMED_CPU_CLONES void location_distances(const double* ps, const double* pt, index_t P, index_t Q, double* d) {
+// Location nearest neighbours of one pair from the cell positions ps [P,2], pt [Q,2] ((x, y) interleaved), in
+// float64, one pass: for each source cell p the nearest target cell (row_arg, row_min), for each target cell q the
+// nearest source cell (col_arg, col_min); first index on ties. scratch: [3Q].
+LVMMED_CPU_CLONES void location_neighbours(const double* ps, const double* pt, index_t P, index_t Q, double* row_min,
+                                           int32_t* row_arg, double* col_min, int32_t* col_arg, double* scratch) {
+  double* tx = scratch;
+  double* ty = scratch + Q;
+  double* row = scratch + 2 * Q;
+  for (index_t q = 0; q < Q; ++q) {
+    tx[q] = pt[2 * q];
+    ty[q] = pt[2 * q + 1];
+    col_min[q] = std::numeric_limits<double>::infinity();
+    col_arg[q] = 0;
+  }
   for (index_t p = 0; p < P; ++p) {
     const double x = ps[2 * p], y = ps[2 * p + 1];
-    double* dp = d + p * Q;
 #pragma omp simd
     for (index_t q = 0; q < Q; ++q) {
-      const double dx = x - pt[2 * q], dy = y - pt[2 * q + 1];
-      dp[q] = dx * dx + dy * dy;
+      const double dx = x - tx[q], dy = y - ty[q];
+      row[q] = dx * dx + dy * dy;
+    }
+    double m = row[0];
+#pragma omp simd reduction(min : m)
+    for (index_t q = 1; q < Q; ++q) m = row[q] < m ? row[q] : m;
+    index_t first = 0;
+    while (row[first] != m) ++first;
+    row_min[p] = m;
+    row_arg[p] = static_cast<int32_t>(first);
+    const int32_t pp = static_cast<int32_t>(p);
+#pragma omp simd
+    for (index_t q = 0; q < Q; ++q) {
+      const bool lt = row[q] < col_min[q];  // strict: ties keep the lower source cell
+      col_min[q] = lt ? row[q] : col_min[q];
+      col_arg[q] = lt ? pp : col_arg[q];
     }
   }
 }
@@ -96,7 +122,7 @@ struct ForwardScratch {
   std::vector<T> dist;              // [P, M*Q] feature distances of the slab
   std::vector<T> row_min, col_min;  // [M, P] nearest target distance per source cell / [M*Q] the reverse
   std::vector<int32_t> row_arg, col_arg;
-  std::vector<double> loc, loc_row_min, loc_col_min;  // [P,Q], [P], [Q]
+  std::vector<double> loc, loc_row_min, loc_col_min;  // scratch [3Q], [P], [Q]
   std::vector<index_t> order;
 };
 
@@ -114,7 +140,7 @@ void local_affinity_forward(const T* gram, const T* sq_s, const T* inv_s, const 
   w.col_min.resize(MQ);
   w.col_arg.resize(MQ);
   if (s.with_positions) {
-    w.loc.resize(P * Q);
+    w.loc.resize(3 * Q);
     w.loc_row_min.resize(P);
     w.loc_col_min.resize(Q);
   }
@@ -151,12 +177,11 @@ void local_affinity_forward(const T* gram, const T* sq_s, const T* inv_s, const 
       double l_st = feat_st / double(s.feat_s), l_ts = feat_ts / double(s.feat_t);
 
       if (s.with_positions) {  // the same with location neighbours and location distances
-        location_distances(pos_s + node * P * 2, pos_t + (g * M + a) * Q * 2, P, Q, w.loc.data());
         int32_t* ml = m + P + Q;
         int32_t* mlt = ml + P;
-        argmin_rows(w.loc.data(), P, Q, Q, w.loc_row_min.data(), ml, 1);
+        location_neighbours(pos_s + node * P * 2, pos_t + (g * M + a) * Q * 2, P, Q, w.loc_row_min.data(), ml,
+                            w.loc_col_min.data(), mlt, w.loc.data());
         keep_smallest(w.loc_row_min.data(), P, s.loc_s, ml, w.order);
-        argmin_cols(w.loc.data(), P, Q, Q, w.loc_col_min.data(), mlt);
         keep_smallest(w.loc_col_min.data(), Q, s.loc_t, mlt, w.order);
         double loc_st = 0, loc_ts = 0;
         for (index_t p = 0; p < P; ++p)
