@@ -18,9 +18,43 @@
 namespace lvmmed::glue {
 namespace {
 
+// Squared norms (if with_sq) and inverse norms [rows] of the rows of x [..., D] (contiguous float/double).
+std::tuple<at::Tensor, at::Tensor> row_norms_cpu(const at::Tensor& x, int64_t D, bool with_sq) {
+  const int64_t rows = x.numel() / D;
+  auto inv = at::empty({rows}, x.options());
+  auto sq = with_sq ? at::empty({rows}, x.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "row_norms_cpu", [&] {
+    at::parallel_for(0, rows, graph_grain(D), [&](int64_t begin, int64_t end) {
+      cpu::row_norms<scalar_t>(x.const_data_ptr<scalar_t>(), D, with_sq ? sq.mutable_data_ptr<scalar_t>() : nullptr,
+                               inv.mutable_data_ptr<scalar_t>(), begin, end);
+    });
+  });
+  return {sq, inv};
+}
+
+// In place: d [rows, D] = dL/dxhat of the rows of x becomes dL/dx (the chain rule through x/||x||).
+at::Tensor project_rows_cpu(at::Tensor d, const at::Tensor& x, const at::Tensor& inv, int64_t D) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project_rows_cpu", [&] {
+    at::parallel_for(0, inv.numel(), graph_grain(2 * D), [&](int64_t begin, int64_t end) {
+      cpu::project_rows<scalar_t>(d.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                  inv.const_data_ptr<scalar_t>(), D, d.mutable_data_ptr<scalar_t>(), begin, end);
+    });
+  });
+  return d;
+}
+
+// Multiply-adds per graph from which global_affinity uses library GEMMs: the direct kernel computes each cosine as
+// its own dot product, which loses to a blocked GEMM once a graph's rows no longer stay in cache.
+constexpr int64_t kGlobalAffinityGemmWork = int64_t{1} << 20;
+
 at::Tensor global_affinity_cpu(const at::Tensor& z_s, const at::Tensor& z_t) {
   const auto s = validate_global_affinity(z_s, z_t);
   const auto zs = cpu_compute_input(z_s), zt = cpu_compute_input(z_t);
+  if (s.N * s.M * s.F >= kGlobalAffinityGemmWork) {  // out = diag(inv_s) zs zt^T diag(inv_t)
+    const auto inv_s = std::get<1>(row_norms_cpu(zs, s.F, false)).view({s.G, s.N, 1});
+    const auto inv_t = std::get<1>(row_norms_cpu(zt, s.F, false)).view({s.G, 1, s.M});
+    return at::bmm(zs, zt.transpose(1, 2)).mul_(inv_s).mul_(inv_t).to(z_s.scalar_type());
+  }
   auto out = at::empty({s.G, s.N, s.M}, zs.options());
   AT_DISPATCH_FLOATING_TYPES(zs.scalar_type(), "global_affinity_cpu", [&] {
     at::parallel_for(0, s.G, graph_grain(s.N * s.M * s.F), [&](int64_t begin, int64_t end) {
@@ -35,6 +69,14 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cpu(const at::Tensor
                                                                 const at::Tensor& z_t) {
   const auto s = validate_global_affinity_backward(grad, z_s, z_t);
   const auto g = cpu_compute_input(grad), zs = cpu_compute_input(z_s), zt = cpu_compute_input(z_t);
+  if (s.N * s.M * s.F >= kGlobalAffinityGemmWork) {  // dL/d(zhat_s) = (grad diag(inv_t)) zt, the same for t
+    const auto inv_s = std::get<1>(row_norms_cpu(zs, s.F, false));
+    const auto inv_t = std::get<1>(row_norms_cpu(zt, s.F, false));
+    auto ds = at::bmm(g * inv_t.view({s.G, 1, s.M}), zt);
+    auto dt = at::bmm((g * inv_s.view({s.G, s.N, 1})).transpose(1, 2), zs);
+    return {project_rows_cpu(ds, zs, inv_s, s.F).to(z_s.scalar_type()),
+            project_rows_cpu(dt, zt, inv_t, s.F).to(z_t.scalar_type())};
+  }
   auto grad_zs = at::empty_like(zs), grad_zt = at::empty_like(zt);
   AT_DISPATCH_FLOATING_TYPES(zs.scalar_type(), "global_affinity_backward_cpu", [&] {
     at::parallel_for(0, s.G, graph_grain(2 * s.N * s.M * s.F), [&](int64_t begin, int64_t end) {
@@ -44,20 +86,6 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cpu(const at::Tensor
     });
   });
   return {grad_zs.to(z_s.scalar_type()), grad_zt.to(z_t.scalar_type())};
-}
-
-// Squared norms (if with_sq) and inverse norms [rows] of the rows of x [..., D] (contiguous float/double).
-std::tuple<at::Tensor, at::Tensor> row_norms_cpu(const at::Tensor& x, int64_t D, bool with_sq) {
-  const int64_t rows = x.numel() / D;
-  auto inv = at::empty({rows}, x.options());
-  auto sq = with_sq ? at::empty({rows}, x.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "row_norms_cpu", [&] {
-    at::parallel_for(0, rows, graph_grain(D), [&](int64_t begin, int64_t end) {
-      cpu::row_norms<scalar_t>(x.const_data_ptr<scalar_t>(), D, with_sq ? sq.mutable_data_ptr<scalar_t>() : nullptr,
-                               inv.mutable_data_ptr<scalar_t>(), begin, end);
-    });
-  });
-  return {sq, inv};
 }
 
 // Cell positions as contiguous float64 (the location distances are computed in float64 on both backends), after
