@@ -116,6 +116,24 @@ void keep_smallest(const V* d, index_t n, index_t k, int32_t* idx, std::vector<i
   for (index_t j = k; j < n; ++j) idx[order[j]] = -1;
 }
 
+// Sums of the kept cosines of one pair, read from its Gram block S [P, Q] (row stride ld) and inverse norms:
+// direction i -> a (ms[p] = target cell matched to source cell p) and a -> i (mt[q] = source cell matched to q).
+template <typename T>
+double kept_cosines_st(const T* S, index_t ld, const int32_t* ms, index_t P, const T* invs, const T* invt) {
+  double sum = 0;
+  for (index_t p = 0; p < P; ++p)
+    if (ms[p] >= 0) sum += double(S[p * ld + ms[p]] * invs[p] * invt[ms[p]]);
+  return sum;
+}
+
+template <typename T>
+double kept_cosines_ts(const T* S, index_t ld, const int32_t* mt, index_t Q, const T* invs, const T* invt) {
+  double sum = 0;
+  for (index_t q = 0; q < Q; ++q)
+    if (mt[q] >= 0) sum += double(S[mt[q] * ld + q] * invs[mt[q]] * invt[q]);
+  return sum;
+}
+
 // Scratch of one forward task, reused across its rows.
 template <typename T>
 struct ForwardScratch {
@@ -159,37 +177,23 @@ void local_affinity_forward(const T* gram, const T* sq_s, const T* inv_s, const 
     argmin_cols(w.dist.data(), P, MQ, MQ, w.col_min.data(), w.col_arg.data());
 
     for (index_t a = 0; a < M; ++a) {
-      int32_t* m = matches + (node * M + a) * W;
-      const index_t off = a * Q;  // column offset of target node a in the slab
-      // i -> a by features: m'(p), kept by distance, mean cosine of the kept pairs.
+      int32_t* m = matches + (node * M + a) * W;  // sections: feat i->a [P], feat a->i [Q], loc i->a, loc a->i
+      const T* Sa = S + a * Q;                    // the pair's [P, Q] block, row stride M*Q
+      const T* invt_a = invt + a * Q;
       std::copy_n(w.row_arg.data() + a * P, P, m);
       keep_smallest(w.row_min.data() + a * P, P, s.feat_s, m, w.order);
-      double feat_st = 0;
-      for (index_t p = 0; p < P; ++p)
-        if (m[p] >= 0) feat_st += double(S[p * MQ + off + m[p]] * invs[p] * invt[off + m[p]]);
-      // a -> i by features.
-      int32_t* mt = m + P;
-      std::copy_n(w.col_arg.data() + off, Q, mt);
-      keep_smallest(w.col_min.data() + off, Q, s.feat_t, mt, w.order);
-      double feat_ts = 0;
-      for (index_t q = 0; q < Q; ++q)
-        if (mt[q] >= 0) feat_ts += double(S[mt[q] * MQ + off + q] * invs[mt[q]] * invt[off + q]);
-      double l_st = feat_st / double(s.feat_s), l_ts = feat_ts / double(s.feat_t);
-
+      std::copy_n(w.col_arg.data() + a * Q, Q, m + P);
+      keep_smallest(w.col_min.data() + a * Q, Q, s.feat_t, m + P, w.order);
+      double l_st = kept_cosines_st(Sa, MQ, m, P, invs, invt_a) / double(s.feat_s);
+      double l_ts = kept_cosines_ts(Sa, MQ, m + P, Q, invs, invt_a) / double(s.feat_t);
       if (s.with_positions) {  // the same with location neighbours and location distances
         int32_t* ml = m + P + Q;
-        int32_t* mlt = ml + P;
         location_neighbours(pos_s + node * P * 2, pos_t + (g * M + a) * Q * 2, P, Q, w.loc_row_min.data(), ml,
-                            w.loc_col_min.data(), mlt, w.loc.data());
+                            w.loc_col_min.data(), ml + P, w.loc.data());
         keep_smallest(w.loc_row_min.data(), P, s.loc_s, ml, w.order);
-        keep_smallest(w.loc_col_min.data(), Q, s.loc_t, mlt, w.order);
-        double loc_st = 0, loc_ts = 0;
-        for (index_t p = 0; p < P; ++p)
-          if (ml[p] >= 0) loc_st += double(S[p * MQ + off + ml[p]] * invs[p] * invt[off + ml[p]]);
-        for (index_t q = 0; q < Q; ++q)
-          if (mlt[q] >= 0) loc_ts += double(S[mlt[q] * MQ + off + q] * invs[mlt[q]] * invt[off + q]);
-        l_st = 0.5 * (l_st + loc_st / double(s.loc_s));
-        l_ts = 0.5 * (l_ts + loc_ts / double(s.loc_t));
+        keep_smallest(w.loc_col_min.data(), Q, s.loc_t, ml + P, w.order);
+        l_st = 0.5 * (l_st + kept_cosines_st(Sa, MQ, ml, P, invs, invt_a) / double(s.loc_s));
+        l_ts = 0.5 * (l_ts + kept_cosines_ts(Sa, MQ, ml + P, Q, invs, invt_a) / double(s.loc_t));
       }
       out[node * M + a] = static_cast<T>(0.5 * (l_st + l_ts));
     }
