@@ -2,7 +2,8 @@
 
 Default shape: ResNet-50 (G=12 graphs, N=M=16 nodes, 7x7 maps of D=2048 channels, top_loc=20, all feature
 matches), i.e. a Gram product of 12 x [784 x 2048] x [2048 x 784] = 30 GFLOP. Timings are interleaved (one call of
-every implementation per round, median over rounds), so a busy machine slows all of them alike. Peak memory is the
+every implementation per round); times are medians over rounds and ratios medians of the per-round ratios, so a busy
+machine slows all implementations of a round alike. Peak memory is the
 extra peak resident (CPU, Linux VmHWM) or allocated (CUDA) memory of one call, in a fresh subprocess per
 implementation; it includes the returned values and gradients.
 
@@ -223,9 +224,10 @@ def check_correctness(y_s, y_t, pos_s, pos_t):
         a, b = y_s.detach().requires_grad_(), y_t.detach().requires_grad_()
         out = IMPLS[name](a, b, pos_s, pos_t)
         results[name] = (out.detach(), *torch.autograd.grad((out * w).sum(), (a, b)))
+    low = y_s.dtype in (torch.float16, torch.bfloat16)
     for name in ("torch", "torch_sparse_bwd"):
         for x, y in zip(results["lvmmed"], results[name]):
-            torch.testing.assert_close(x.float(), y.float(), atol=2e-4, rtol=2e-3)
+            torch.testing.assert_close(x.float(), y.float(), atol=3e-2 if low else 2e-4, rtol=3e-2 if low else 2e-3)
 
 
 def main() -> None:
@@ -256,18 +258,29 @@ def main() -> None:
             samples[(m, n)].append(
                 time_fn(lambda m=m, n=n: run(n, m, y_s, y_t, pos_s, pos_t), args.device, 0, 1)["median_s"]
             )
+    # Ratios are taken within each round (the implementations ran back to back), then the median over rounds: robust
+    # to the load of a shared machine drifting during the run.
     med = {key: statistics.median(v) for key, v in samples.items()}
-    floor = med[("fwd", "floor")]
+    floor = samples[("fwd", "floor")]
+
+    def per_round(f):
+        return statistics.median(f(r) for r in range(args.rounds))
+
     rows = []
     for m, n in plan:
-        peers = [med[(m, p)] for p in ("torch", "torch_sparse_bwd") if (m, p) in med]
+        own = samples[(m, n)]
+        peers = [samples[(m, p)] for p in ("torch", "torch_sparse_bwd") if (m, p) in samples]
         rows.append(
             {
                 "impl": n,
                 "mode": m,
                 "median_ms": 1e3 * med[(m, n)],
-                "x_floor": med[(m, n)] / floor,
-                "speedup_vs_best_torch": min(peers) / med[(m, n)] if n == "lvmmed" else None,
+                "x_floor": per_round(lambda r, own=own: own[r] / floor[r]),
+                "speedup_vs_best_torch": (
+                    per_round(lambda r, own=own, peers=peers: min(p[r] for p in peers) / own[r])
+                    if n == "lvmmed"
+                    else None
+                ),
                 "peak_mb": peak_memory(n, m, args),
             }
         )
