@@ -11,9 +11,16 @@ _C = load_extension()
 
 from . import reference  # noqa: E402
 from .models.pretrained import load_pretrained  # noqa: E402
-from .ops import global_affinity  # noqa: E402
+from .ops import (  # noqa: E402
+    edge_affinity,
+    global_affinity,
+    knn_graph,
+    local_affinity,
+    vertex_affinity,
+)
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["global_affinity", "reference", "__version__"]
+__all__ += ["edge_affinity", "knn_graph", "local_affinity", "vertex_affinity"]
 __all__ += ["load_pretrained"]

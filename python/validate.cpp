@@ -4,7 +4,11 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <sstream>
+#include <vector>
 
 namespace lvmmed::glue {
 
@@ -57,6 +61,167 @@ GlobalAffinityShape validate_global_affinity_backward(const at::Tensor& grad, co
   TORCH_CHECK_VALUE(grad.size(0) == s.G && grad.size(1) == s.N && grad.size(2) == s.M, "grad must be [G,N,M] = [", s.G,
                     ", ", s.N, ", ", s.M, "], got ", shape_str(grad));
   return s;
+}
+
+namespace {
+
+// "[0, 1, 2, :]": the vector at index idx of a tensor whose last dim is the feature dim.
+std::string vector_index_str(const std::vector<int64_t>& idx) {
+  std::ostringstream os;
+  os << "[";
+  for (const auto i : idx) os << i << ", ";
+  os << ":]";
+  return os.str();
+}
+
+// The shape of a local_affinity call: the maps' sizes, the kept counts clamped to P and Q.
+LocalAffinityShape local_affinity_shape(const at::Tensor& y_s, const at::Tensor& y_t, bool with_positions,
+                                        int64_t top_loc, std::optional<int64_t> top_feat) {
+  check_float_tensor(y_s, "y_s", 4, "[G,N,P,D]");
+  check_float_tensor(y_t, "y_t", 4, "[G,M,Q,D]");
+  check_same_device_dtype(y_t, "y_t", y_s, "y_s");
+  TORCH_CHECK_VALUE(y_s.size(0) == y_t.size(0),
+                    "y_s [G,N,P,D] and y_t [G,M,Q,D] must have the same number of graphs G, got y_s ", shape_str(y_s),
+                    " and y_t ", shape_str(y_t));
+  TORCH_CHECK_VALUE(y_s.size(3) == y_t.size(3),
+                    "y_s [G,N,P,D] and y_t [G,M,Q,D] must have the same number of channels D, got y_s ", shape_str(y_s),
+                    " and y_t ", shape_str(y_t));
+  TORCH_CHECK_VALUE(
+      y_s.size(2) > 0 && y_t.size(2) > 0 && y_s.size(3) > 0,
+      "y_s [G,N,P,D] and y_t [G,M,Q,D] need at least one position and one channel (P, Q, D >= 1), got y_s ",
+      shape_str(y_s), " and y_t ", shape_str(y_t));
+  TORCH_CHECK_VALUE(top_loc >= 1, "top_loc must be >= 1, got ", top_loc);
+  TORCH_CHECK_VALUE(!top_feat || *top_feat >= 1, "top_feat must be >= 1 or None, got ", top_feat.value_or(0));
+  LocalAffinityShape s{};
+  s.G = y_s.size(0);
+  s.N = y_s.size(1);
+  s.M = y_t.size(1);
+  s.P = y_s.size(2);
+  s.Q = y_t.size(2);
+  s.D = y_s.size(3);
+  TORCH_CHECK_VALUE(s.P <= INT32_MAX && s.Q <= INT32_MAX, "y_s and y_t may have at most 2^31-1 positions, got y_s ",
+                    shape_str(y_s), " and y_t ", shape_str(y_t));
+  s.with_positions = with_positions;
+  const int64_t tf = top_feat.value_or(INT64_MAX);
+  s.feat_s = std::min(tf, s.P);
+  s.feat_t = std::min(tf, s.Q);
+  s.loc_s = std::min(top_loc, s.P);
+  s.loc_t = std::min(top_loc, s.Q);
+  return s;
+}
+
+void check_positions(const at::Tensor& pos, const char* name, const at::Tensor& y, const char* y_name,
+                     const char* layout) {
+  TORCH_CHECK_VALUE(pos.dim() == 4 && pos.size(0) == y.size(0) && pos.size(1) == y.size(1) &&
+                        pos.size(2) == y.size(2) && pos.size(3) == 2,
+                    name, " must be ", layout, " = [", y.size(0), ", ", y.size(1), ", ", y.size(2),
+                    ", 2] (the (x, y) position of every cell of ", y_name, "), got ", shape_str(pos));
+  TORCH_CHECK_TYPE(at::isFloatingType(pos.scalar_type()), name, " must have a floating-point dtype, got ",
+                   dtype_str(pos.scalar_type()));
+  TORCH_CHECK_VALUE(pos.device() == y.device(), y_name, " and ", name, " must be on the same device, got ", y_name,
+                    " on ", y.device(), " and ", name, " on ", pos.device());
+}
+
+EdgeListShape check_edges(const at::Tensor& edges, const char* name, const at::Tensor& z, const char* z_name) {
+  TORCH_CHECK_VALUE(edges.defined(), name, " must be a tensor [G,E,2], got None");
+  TORCH_CHECK_VALUE(edges.dim() == 3 && edges.size(2) == 2, name, " must be [G,E,2] (one (i, j) pair per edge), got ",
+                    shape_str(edges));
+  TORCH_CHECK_TYPE(edges.scalar_type() == at::kLong, name, " must have dtype torch.int64, got ",
+                   dtype_str(edges.scalar_type()));
+  TORCH_CHECK_VALUE(edges.device() == z.device(), z_name, " and ", name, " must be on the same device, got ", z_name,
+                    " on ", z.device(), " and ", name, " on ", edges.device());
+  TORCH_CHECK_VALUE(edges.size(0) == z.size(0), name, " [G,E,2] and ", z_name,
+                    " [G,N,F] must have the same number of graphs G, got ", name, " ", shape_str(edges), " and ",
+                    z_name, " ", shape_str(z));
+  const int64_t N = z.size(1);
+  if (edges.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(edges);
+    const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
+    TORCH_CHECK_VALUE(mn >= 0 && mx < N, name, " holds node index ", mn < 0 ? mn : mx, " outside [0, N-1] = [0, ",
+                      N - 1, "] of ", z_name, " ", shape_str(z));
+  }
+  return {z.size(0), N, edges.size(1), z.size(2)};
+}
+
+}  // namespace
+
+LocalAffinityShape validate_local_affinity(const at::Tensor& y_s, const at::Tensor& y_t,
+                                           const std::optional<at::Tensor>& pos_s,
+                                           const std::optional<at::Tensor>& pos_t, int64_t top_loc,
+                                           std::optional<int64_t> top_feat) {
+  const auto s = local_affinity_shape(y_s, y_t, pos_s.has_value(), top_loc, top_feat);
+  TORCH_CHECK_VALUE(pos_s.has_value() == pos_t.has_value(),
+                    "pos_s and pos_t must both be given or both be None, got pos_s ", pos_s ? "given" : "None",
+                    " and pos_t ", pos_t ? "given" : "None");
+  if (pos_s) {
+    check_positions(*pos_s, "pos_s", y_s, "y_s", "[G,N,P,2]");
+    check_positions(*pos_t, "pos_t", y_t, "y_t", "[G,M,Q,2]");
+  }
+  return s;
+}
+
+LocalAffinityShape validate_local_affinity_backward(const at::Tensor& grad, const at::Tensor& y_s,
+                                                    const at::Tensor& y_t, const at::Tensor& matches,
+                                                    bool with_positions, int64_t top_loc,
+                                                    std::optional<int64_t> top_feat) {
+  const auto s = local_affinity_shape(y_s, y_t, with_positions, top_loc, top_feat);
+  check_float_tensor(grad, "grad", 3, "[G,N,M]");
+  check_same_device_dtype(grad, "grad", y_s, "y_s");
+  TORCH_CHECK_VALUE(grad.size(0) == s.G && grad.size(1) == s.N && grad.size(2) == s.M, "grad must be [G,N,M] = [", s.G,
+                    ", ", s.N, ", ", s.M, "], got ", shape_str(grad));
+  TORCH_CHECK_TYPE(matches.scalar_type() == at::kInt, "matches must have dtype torch.int32, got ",
+                   dtype_str(matches.scalar_type()));
+  TORCH_CHECK_VALUE(matches.device() == y_s.device(), "y_s and matches must be on the same device, got y_s on ",
+                    y_s.device(), " and matches on ", matches.device());
+  const int64_t W = s.match_width();
+  TORCH_CHECK_VALUE(matches.dim() == 4 && matches.size(0) == s.G && matches.size(1) == s.N && matches.size(2) == s.M &&
+                        matches.size(3) == W,
+                    "matches must be [G,N,M,W] = [", s.G, ", ", s.N, ", ", s.M, ", ", W,
+                    "] (W = ", with_positions ? "2(P+Q)" : "P+Q", "), got ", shape_str(matches));
+  return s;
+}
+
+void check_finite_rows(const at::Tensor& sq, const char* name, at::IntArrayRef row_dims, const char* row_layout) {
+  if (sq.numel() == 0 || at::isfinite(sq).all().item<bool>()) return;
+  int64_t flat = at::nonzero(at::logical_not(at::isfinite(sq.reshape({-1})))).min().item<int64_t>();
+  std::vector<int64_t> idx(row_dims.size());
+  for (int64_t d = static_cast<int64_t>(row_dims.size()) - 1; d >= 0; --d) {
+    idx[d] = flat % row_dims[d];
+    flat /= row_dims[d];
+  }
+  TORCH_CHECK_VALUE(false, name, " contains NaN or Inf (first in the vector ", name, vector_index_str(idx),
+                    " of the layout ", row_layout,
+                    ", or its squared norm overflows): nearest neighbours and top-k selections are undefined there");
+}
+
+KnnGraphShape validate_knn_graph(const at::Tensor& z, int64_t k) {
+  check_float_tensor(z, "z", 3, "[G,N,F]");
+  TORCH_CHECK_VALUE(z.size(2) > 0, "z needs at least one feature (F >= 1), got z ", shape_str(z));
+  const int64_t N = z.size(1);
+  TORCH_CHECK_VALUE(k >= 1 && k <= N - 1, "k must be in [1, N-1] = [1, ", N - 1, "], got ", k, " (z ", shape_str(z),
+                    ")");
+  if (z.numel() > 0)
+    TORCH_CHECK_VALUE(at::isfinite(z).all().item<bool>(),
+                      "z contains NaN or Inf values: nearest neighbours are undefined there");
+  return {z.size(0), N, z.size(2), k};
+}
+
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity(const at::Tensor& z_s, const at::Tensor& edges_s,
+                                                                const at::Tensor& z_t, const at::Tensor& edges_t) {
+  validate_global_affinity(z_s, z_t);
+  return {check_edges(edges_s, "edges_s", z_s, "z_s"), check_edges(edges_t, "edges_t", z_t, "z_t")};
+}
+
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
+                                                                         const at::Tensor& edges_s,
+                                                                         const at::Tensor& z_t,
+                                                                         const at::Tensor& edges_t) {
+  const auto [ss, st] = validate_edge_affinity(z_s, edges_s, z_t, edges_t);
+  check_float_tensor(grad, "grad", 3, "[G,Es,Et]");
+  check_same_device_dtype(grad, "grad", z_s, "z_s");
+  TORCH_CHECK_VALUE(grad.size(0) == ss.G && grad.size(1) == ss.E && grad.size(2) == st.E, "grad must be [G,Es,Et] = [",
+                    ss.G, ", ", ss.E, ", ", st.E, "], got ", shape_str(grad));
+  return {ss, st};
 }
 
 }  // namespace lvmmed::glue

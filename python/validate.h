@@ -3,9 +3,13 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 
+#include "lvmmed/edge_affinity.h"
 #include "lvmmed/global_affinity.h"
+#include "lvmmed/knn_graph.h"
+#include "lvmmed/local_affinity.h"
 
 namespace lvmmed::glue {
 
@@ -21,5 +25,30 @@ void check_finite(const at::Tensor& t, const char* name);
 GlobalAffinityShape validate_global_affinity(const at::Tensor& z_s, const at::Tensor& z_t);
 GlobalAffinityShape validate_global_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
                                                       const at::Tensor& z_t);
+
+// local_affinity: y_s [G,N,P,D], y_t [G,M,Q,D], optional pos_s [G,N,P,2] / pos_t [G,M,Q,2] (both or neither),
+// top_loc >= 1, top_feat >= 1 or None; the kept counts are clamped to P and Q.
+LocalAffinityShape validate_local_affinity(const at::Tensor& y_s, const at::Tensor& y_t,
+                                           const std::optional<at::Tensor>& pos_s,
+                                           const std::optional<at::Tensor>& pos_t, int64_t top_loc,
+                                           std::optional<int64_t> top_feat);
+LocalAffinityShape validate_local_affinity_backward(const at::Tensor& grad, const at::Tensor& y_s,
+                                                    const at::Tensor& y_t, const at::Tensor& matches,
+                                                    bool with_positions, int64_t top_loc,
+                                                    std::optional<int64_t> top_feat);
+// sq [rows] squared row norms of `name` (layout e.g. "[G,N,P,D]", sizes its leading dims): ValueError naming the first
+// row that holds a NaN/Inf (or whose squared norm overflows).
+void check_finite_rows(const at::Tensor& sq, const char* name, at::IntArrayRef row_dims, const char* row_layout);
+
+// knn_graph: z [G,N,F] finite, 1 <= k <= N-1.
+KnnGraphShape validate_knn_graph(const at::Tensor& z, int64_t k);
+
+// edge_affinity: z_s [G,N,F], edges_s [G,Es,2] int64 with entries in [0,N); the same for t; same device/dtype.
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity(const at::Tensor& z_s, const at::Tensor& edges_s,
+                                                                const at::Tensor& z_t, const at::Tensor& edges_t);
+std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
+                                                                         const at::Tensor& edges_s,
+                                                                         const at::Tensor& z_t,
+                                                                         const at::Tensor& edges_t);
 
 }  // namespace lvmmed::glue

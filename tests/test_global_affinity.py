@@ -149,6 +149,24 @@ def test_backward_op_checks_grad_shape():
         torch.ops.lvmmed.global_affinity_backward(torch.randn(1, 2, 3), torch.randn(1, 3, 4), torch.randn(1, 2, 4))
 
 
+def test_large_graphs_on_cpu_use_gemms_with_the_same_semantics():
+    # N*M*F >= 2^20 multiply-adds per graph switch the CPU backend to library GEMMs.
+    z_s, z_t = make_pair(2, 128, 100, 96, torch.float64, "cpu", 8, zero_rows=True, duplicate=True)
+    w = torch.randn(2, 128, 100, dtype=torch.float64)
+    a, b = z_s.clone().requires_grad_(), z_t.clone().requires_grad_()
+    out = lvmmed_ext.global_affinity(a, b)
+    assert (out[:, 0] == 0).all()
+    assert_matches_reference(out, reference.global_affinity(z_s, z_t), torch.float64)
+    ours = torch.autograd.grad((out * w).sum(), (a, b))
+    a, b = z_s.clone().requires_grad_(), z_t.clone().requires_grad_()
+    ref = torch.autograd.grad((reference.global_affinity(a, b) * w).sum(), (a, b))
+    for o, r in zip(ours, ref):
+        assert_matches_reference(o, r, torch.float64)
+    z_s[0, 3, 5] = float("nan")
+    out = lvmmed_ext.global_affinity(z_s, z_t)
+    assert out[0, 3].isnan().all() and out[0, [2, 4]].isfinite().all() and out[1].isfinite().all()
+
+
 # ----------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 def test_mixed_devices_error():

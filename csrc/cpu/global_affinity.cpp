@@ -2,36 +2,12 @@
 #include "lvmmed/global_affinity.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
+#include "lvmmed/cosine.h"
 #include "vec.h"
 
 namespace lvmmed::cpu {
-namespace {
-
-// 1/||row|| for every row of x [rows,F]; 0 for a zero row so its cosines (and gradients) vanish.
-template <typename T>
-void inverse_norms(const T* x, index_t rows, index_t F, T* inv) {
-  for (index_t r = 0; r < rows; ++r) {
-    const T n = std::sqrt(dot(x + r * F, x + r * F, F));
-    inv[r] = n > T(0) ? T(1) / n : T(0);
-  }
-}
-
-// Chain rule through xhat = x/||x||: given d[r] = dL/dxhat[r], dL/dx[r] = inv[r] * (d[r] - <d[r], xhat[r]> xhat[r]).
-template <typename T>
-void project_rows(const T* d, const T* x, const T* inv, index_t rows, index_t F, T* grad_x) {
-  for (index_t r = 0; r < rows; ++r) {
-    const T* dr = d + r * F;
-    const T* xr = x + r * F;
-    T* gr = grad_x + r * F;
-    const T c = dot(dr, xr, F) * inv[r] * inv[r];
-    for (index_t f = 0; f < F; ++f) gr[f] = inv[r] * (dr[f] - c * xr[f]);
-  }
-}
-
-}  // namespace
 
 template <typename T>
 void global_affinity_forward(const T* zs, const T* zt, T* out, GlobalAffinityShape s, index_t g_begin, index_t g_end) {
@@ -40,8 +16,8 @@ void global_affinity_forward(const T* zs, const T* zt, T* out, GlobalAffinitySha
     const T* a = zs + g * s.N * s.F;
     const T* b = zt + g * s.M * s.F;
     T* o = out + g * s.N * s.M;
-    inverse_norms(a, s.N, s.F, inv_s.data());
-    inverse_norms(b, s.M, s.F, inv_t.data());
+    row_norms<T>(a, s.F, nullptr, inv_s.data(), 0, s.N);
+    row_norms<T>(b, s.F, nullptr, inv_t.data(), 0, s.M);
     for (index_t i = 0; i < s.N; ++i)
       for (index_t j = 0; j < s.M; ++j) o[i * s.M + j] = dot(a + i * s.F, b + j * s.F, s.F) * inv_s[i] * inv_t[j];
   }
@@ -55,8 +31,8 @@ void global_affinity_backward(const T* grad, const T* zs, const T* zt, T* grad_z
     const T* a = zs + g * s.N * s.F;
     const T* b = zt + g * s.M * s.F;
     const T* w = grad + g * s.N * s.M;
-    inverse_norms(a, s.N, s.F, inv_s.data());
-    inverse_norms(b, s.M, s.F, inv_t.data());
+    row_norms<T>(a, s.F, nullptr, inv_s.data(), 0, s.N);
+    row_norms<T>(b, s.F, nullptr, inv_t.data(), 0, s.M);
     // ds[i] = sum_j w[i,j] * bhat[j],  dt[j] = sum_i w[i,j] * ahat[i]
     std::fill(ds.begin(), ds.end(), T(0));
     std::fill(dt.begin(), dt.end(), T(0));
@@ -71,8 +47,8 @@ void global_affinity_backward(const T* grad, const T* zs, const T* zt, T* grad_z
         axpy(wij * inv_s[i], ai, dj, s.F);
       }
     }
-    project_rows(ds.data(), a, inv_s.data(), s.N, s.F, grad_zs + g * s.N * s.F);
-    project_rows(dt.data(), b, inv_t.data(), s.M, s.F, grad_zt + g * s.M * s.F);
+    project_rows(ds.data(), a, inv_s.data(), s.F, grad_zs + g * s.N * s.F, 0, s.N);
+    project_rows(dt.data(), b, inv_t.data(), s.F, grad_zt + g * s.M * s.F, 0, s.M);
   }
 }
 

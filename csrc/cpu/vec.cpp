@@ -1,12 +1,6 @@
 // Vectorised BLAS-1 helpers of the CPU kernels (see vec.h): omp-simd loops, cloned per instruction set.
 #include "vec.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LVMMED_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LVMMED_CPU_CLONES
-#endif
-
 namespace lvmmed::cpu {
 
 template <typename T>
@@ -18,6 +12,14 @@ LVMMED_CPU_CLONES T dot(const T* a, const T* b, index_t n) {
 }
 
 template <typename T>
+LVMMED_CPU_CLONES T squared_distance(const T* a, const T* b, index_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (index_t i = 0; i < n; ++i) acc += (a[i] - b[i]) * (a[i] - b[i]);
+  return acc;
+}
+
+template <typename T>
 LVMMED_CPU_CLONES void axpy(T alpha, const T* x, T* y, index_t n) {
 #pragma omp simd
   for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
@@ -25,6 +27,8 @@ LVMMED_CPU_CLONES void axpy(T alpha, const T* x, T* y, index_t n) {
 
 template float dot<float>(const float*, const float*, index_t);
 template double dot<double>(const double*, const double*, index_t);
+template float squared_distance<float>(const float*, const float*, index_t);
+template double squared_distance<double>(const double*, const double*, index_t);
 template void axpy<float>(float, const float*, float*, index_t);
 template void axpy<double>(double, const double*, double*, index_t);
 
