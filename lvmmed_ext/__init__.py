@@ -11,7 +11,9 @@ _C = load_extension()
 
 from . import reference  # noqa: E402
 from .ops import global_affinity  # noqa: E402
+from .qap import linear_assignment, qap_objective, solve_qap  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["global_affinity", "reference", "__version__"]
+__all__ += ["linear_assignment", "qap_objective", "solve_qap"]

@@ -1,0 +1,100 @@
+// CPU kernel of the approximate QAP search (multi-start descent + tabu, qap_engine.h): one thread per graph.
+#include <algorithm>
+#include <vector>
+
+#include "qap_cpu.h"
+#include "vec.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LVMMED_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LVMMED_CPU_CLONES
+#endif
+
+namespace lvmmed {
+namespace {
+
+template <typename T>
+LVMMED_CPU_CLONES void multiply_add_impl(T* acc, const T* a, const T* b, index_t n) {
+#pragma omp simd
+  for (index_t k = 0; k < n; ++k) acc[k] += a[k] * b[k];
+}
+
+template <typename T>
+LVMMED_CPU_CLONES double max_abs_impl(const T* x, index_t n) {
+  T m = 0;
+#pragma omp simd reduction(max : m)
+  for (index_t k = 0; k < n; ++k) m = std::max(m, x[k] < T(0) ? -x[k] : x[k]);
+  return static_cast<double>(m);
+}
+
+}  // namespace
+
+namespace detail {
+template <>
+void SerialTeam::multiply_add<float>(float* acc, const float* a, const float* b, index_t n) const {
+  multiply_add_impl(acc, a, b, n);
+}
+template <>
+void SerialTeam::multiply_add<double>(double* acc, const double* a, const double* b, index_t n) const {
+  multiply_add_impl(acc, a, b, n);
+}
+void SerialTeam::axpy(double alpha, const double* x, double* y, index_t n) const {
+  cpu::axpy(alpha, x, y, n);
+}
+double SerialTeam::dot(const double* a, const double* b, index_t n) const {
+  return cpu::dot(a, b, n);
+}
+template <>
+double SerialTeam::max_abs<float>(const float* x, index_t n) const {
+  return max_abs_impl(x, n);
+}
+template <>
+double SerialTeam::max_abs<double>(const double* x, index_t n) const {
+  return max_abs_impl(x, n);
+}
+}  // namespace detail
+
+namespace cpu {
+
+template <typename T>
+detail::QAPGraph<T> graph_at(const QAPInputs<T>& in, const QAPShape& s, index_t g) {
+  detail::QAPGraph<T> gr;
+  gr.N = static_cast<int>(s.N);
+  gr.M = static_cast<int>(s.M);
+  gr.Es = s.has_edges ? static_cast<int>(s.Es) : 0;
+  gr.Et = s.has_edges ? static_cast<int>(s.Et) : 0;
+  gr.unary = in.unary + g * s.N * s.M;
+  gr.quad = s.has_edges ? in.quad + g * s.Es * s.Et : nullptr;
+  gr.es = s.has_edges ? in.edges_s + g * s.Es * 2 : nullptr;
+  gr.et = s.has_edges ? in.edges_t + g * s.Et * 2 : nullptr;
+  gr.A = s.has_kb ? in.A + g * s.N * s.N : nullptr;
+  gr.B = s.has_kb ? in.B + g * s.M * s.M : nullptr;
+  return gr;
+}
+
+template <typename T>
+void qap_search(QAPInputs<T> in, const T* init, std::int64_t* assign, QAPShape s, QAPSearchOptions o, index_t g_begin,
+                index_t g_end) {
+  const bool need_ga = o.multistart && o.ga_steps > 0;
+  const detail::QAPLayout l =
+      detail::qap_layout(s.N, s.M, s.has_edges ? s.Es : 0, s.has_edges ? s.Et : 0, true, need_ga);
+  std::vector<double> ws(l.bytes() / 8 + 1);
+  const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
+  const detail::SerialTeam team;
+  for (index_t g = g_begin; g < g_end; ++g) {
+    auto c = detail::qap_search_at(graph_at(in, s, g), ws.data(), o.partial, true, need_ga);
+    detail::search_solve(team, c, plan, init ? init + g * s.N * s.M : nullptr, assign + g * s.N,
+                         static_cast<std::uint64_t>(g));
+  }
+}
+
+template detail::QAPGraph<float> graph_at<float>(const QAPInputs<float>&, const QAPShape&, index_t);
+template detail::QAPGraph<double> graph_at<double>(const QAPInputs<double>&, const QAPShape&, index_t);
+template void qap_search<float>(QAPInputs<float>, const float*, std::int64_t*, QAPShape, QAPSearchOptions, index_t,
+                                index_t);
+template void qap_search<double>(QAPInputs<double>, const double*, std::int64_t*, QAPShape, QAPSearchOptions, index_t,
+                                 index_t);
+
+}  // namespace cpu
+}  // namespace lvmmed
