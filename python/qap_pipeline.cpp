@@ -11,7 +11,8 @@ namespace {
 
 // Per-method defaults of max_iter (< 0 from the caller).
 struct Defaults {
-  int64_t ls_tabu(const QAPShape& s) const { return 3 * std::max<int64_t>(s.N, 4); }
+  int64_t ls_tabu(const QAPShape& s) const { return 2 * std::max<int64_t>(s.N, 8); }
+  int ls_ga_steps = 4;
   int64_t ga_steps = 30;
   int64_t faq_iters = 30;
   int64_t power_iters = 50;  // sm, rrwm, ipfp (pygmtools' max_iter)
@@ -121,10 +122,6 @@ at::Tensor polish(const QAPBackend& be, const QAPTensors& p, const at::Tensor& a
 
 // ---- pygmtools-style solvers on K (unary on the diagonal), x0 = 1/(N M), max_iter iterations --------------
 
-at::Tensor normalise_sum(const at::Tensor& x) {
-  return x / sum_gm(x).clamp_min(1e-30).view({-1, 1, 1});
-}
-
 at::Tensor spectral(const QAPBackend& be, const QAPTensors& p, int64_t iters) {  // SM: power iteration
   const auto& s = p.s;
   at::Tensor v =
@@ -139,21 +136,23 @@ at::Tensor spectral(const QAPBackend& be, const QAPTensors& p, int64_t iters) { 
   return v;
 }
 
-at::Tensor rrwm(const QAPBackend& be, const QAPTensors& p, bool partial, int64_t iters) {
+// RRWM as pygmtools defines it: x <- normalise((1 - alpha) w + alpha Sinkhorn(exp(beta w / max w))), with the walk
+// w = normalise(K x / max row sum of K), L1 normalisations, and sk_iter alternating row/column half-steps.
+at::Tensor rrwm(const QAPBackend& be, const QAPTensors& p, int64_t iters) {
   const auto& s = p.s;
   const double alpha = 0.2, beta = 30.0;
-  // K / (max row sum of K): a random walk
+  const int64_t sk_half_steps = 20;
+  const auto l1 = [](const at::Tensor& x) { return x / x.abs().sum({1, 2}, true).clamp_min(1e-300); };
   const at::Tensor dmax =
-      lawler(be, at::ones({s.G, s.N, s.M}, p.unary.options()), p, false).amax({1, 2}, true).clamp_min(1e-30);
+      lawler(be, at::ones({s.G, s.N, s.M}, p.unary.options()), p, false).amax({1, 2}, true).clamp_min(1e-300);
   at::Tensor x =
       at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(std::max<int64_t>(s.N * s.M, 1)), p.unary.options());
   for (int64_t it = 0; it < iters; ++it) {
-    at::Tensor walk = normalise_sum(lawler(be, x, p, false) / dmax);
-    at::Tensor jump = sinkhorn(beta * walk / walk.amax({1, 2}, true).clamp_min(1e-30), partial, 20);
-    at::Tensor next = normalise_sum(alpha * walk + (1 - alpha) * normalise_sum(jump));
-    const double change = (next - x).pow(2).sum({1, 2}).max().item<double>();
-    x = next;
-    if (change < 1e-10) break;
+    const at::Tensor walk = l1(lawler(be, x, p, false) / dmax);
+    const at::Tensor wmax = walk.amax({1, 2}, true);
+    at::Tensor y = (beta * walk / at::where(wmax > 0, wmax, walk.abs().amax({1, 2}, true)).clamp_min(1e-300)).exp();
+    for (int64_t h = 0; h < sk_half_steps; ++h) y = y / y.sum(h % 2 == 0 ? 2 : 1, true).clamp_min(1e-300);
+    x = l1((1 - alpha) * walk + alpha * y);
   }
   return x;
 }
@@ -178,10 +177,7 @@ at::Tensor ipfp(const QAPBackend& be, const QAPTensors& p, bool partial, int64_t
     const at::Tensor improved = fb > best_f;
     best = at::where(improved.view({-1, 1, 1}), b, best);
     best_f = at::where(improved, fb, best_f);
-    const at::Tensor next = v + t.view({-1, 1, 1}) * d;
-    const double change = (next - v).abs().max().item<double>();
-    v = next;
-    if (change < 1e-6) break;
+    v = v + t.view({-1, 1, 1}) * d;
   }
   return best;
 }
@@ -231,6 +227,7 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
   } else if (method == "ls" || method == "ils") {
     QAPSearchOptions o;
     o.partial = partial;
+    o.ga_steps = def.ls_ga_steps;
     o.tabu_iters = static_cast<int>(std::min<int64_t>(iters(def.ls_tabu(s)), INT32_MAX / 2));
     o.kicks = method == "ils" ? static_cast<int>(std::max<int64_t>(s.N, 8)) : 0;
     o.seed = static_cast<uint64_t>(seed);
@@ -250,7 +247,7 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
   } else if (method == "sm") {
     assign = assignment_of(be, spectral(be, p, iters(def.power_iters)), partial);
   } else if (method == "rrwm") {
-    assign = assignment_of(be, rrwm(be, p, partial, iters(def.power_iters)), partial);
+    assign = assignment_of(be, rrwm(be, p, iters(def.power_iters)), partial);
   } else if (method == "ipfp") {
     const at::Tensor b = ipfp(be, p, partial, iters(def.power_iters));
     assign = assignment_of(be, b, partial);

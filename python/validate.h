@@ -24,6 +24,8 @@ GlobalAffinityShape validate_global_affinity(const at::Tensor& z_s, const at::Te
 GlobalAffinityShape validate_global_affinity_backward(const at::Tensor& grad, const at::Tensor& z_s,
                                                       const at::Tensor& z_t);
 
+// check_finite without the [numel] bool temporary: one float64 sum, the exact check only when it is not finite.
+void check_finite_fast(const at::Tensor& t, const char* name);
 // linear_assignment: score [G,N,M], floating, finite.
 LapShape validate_linear_assignment(const at::Tensor& score);
 // The QAP inputs of solve_qap / qap_objective: unary [G,N,M]; quad [G,Es,Et] with edges_s [G,Es,2] and

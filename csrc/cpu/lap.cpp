@@ -13,15 +13,9 @@ void linear_assignment(const T* score, std::int64_t* assign, LapShape s, bool ma
   const int N = static_cast<int>(s.N), M = static_cast<int>(s.M);
   const index_t big = std::max(s.N, s.M);
   std::vector<double> d(detail::lap_doubles(big, s.M + s.N));
-  std::vector<int> k(detail::lap_ints(s.M + s.N) + 2 * big);
-  detail::LapWork w;
-  w.u = d.data();
-  w.v = w.u + (big + 1);
-  w.minv = w.v + (s.M + s.N + 1);
-  w.p = k.data();
-  w.way = w.p + (s.M + s.N + 1);
-  w.used = w.way + (s.M + s.N + 1);
-  int* rows = w.used + (s.M + s.N + 1);
+  std::vector<int> k(detail::lap_ints(big, s.M + s.N) + 2 * big);
+  const detail::LapWork w = detail::lap_work_at(d.data(), k.data(), big, s.M + s.N);
+  int* rows = k.data() + detail::lap_ints(big, s.M + s.N);
   int* out = rows + big;
   const detail::SerialTeam team;
   for (index_t g = g_begin; g < g_end; ++g) {

@@ -1,7 +1,7 @@
 // Exact linear assignment for one problem, run by a team (see team.h): the shortest-augmenting-path Hungarian
-// method with row/column potentials (O(n^2 m)). The scan over the columns of each Dijkstra step is the parallel
-// part (team.range + a team argmax), the path bookkeeping is done by the leader. Deterministic: ties go to the
-// lowest column, on the CPU and on CUDA alike.
+// method with row/column potentials (O(n^2 m) worst case). The scan over the columns of each Dijkstra step is the
+// parallel part (team.range + a team argmax), the path bookkeeping is done by the leader. Deterministic: the same
+// tie-breaking on the CPU and on CUDA.
 #pragma once
 #include "lvmmed/detail/team.h"
 
@@ -9,89 +9,174 @@ namespace lvmmed::detail {
 
 // Scratch of one LAP with n <= n_max rows and m <= m_max columns (pointers into team-shared memory).
 struct LapWork {
-  double* u;     // [n_max + 1] row potentials
-  double* v;     // [m_max + 1] column potentials
-  double* minv;  // [m_max + 1] tentative distances
-  int* p;        // [m_max + 1] row (1-based) matched to each column, 0 = none; p[0] is the row being inserted
-  int* way;      // [m_max + 1] previous column on the shortest path
-  int* used;     // [m_max + 1] column already reached in this Dijkstra
+  double* u;         // [n_max] row potentials
+  double* v;         // [m_max] column potentials
+  double* shortest;  // [m_max] shortest-path distances of the current augmentation
+  int* path;         // [m_max] row preceding each column on its shortest path
+  int* row4col;      // [m_max] row matched to each column, -1 = free
+  int* scanned;      // [m_max] column settled in the current augmentation
+  int* col4row;      // [n_max] column matched to each row, -1 = none
+  int* visited;      // [n_max] row reached in the current augmentation
 };
 
 // Doubles and ints a LapWork needs for problems of up to n_max rows and m_max columns.
 LVMMED_HD_FN index_t lap_doubles(index_t n_max, index_t m_max) {
-  return (n_max + 1) + 2 * (m_max + 1);
+  return n_max + 2 * m_max;
 }
-LVMMED_HD_FN index_t lap_ints(index_t m_max) {
-  return 3 * (m_max + 1);
+LVMMED_HD_FN index_t lap_ints(index_t n_max, index_t m_max) {
+  return 3 * m_max + 2 * n_max;
+}
+
+LVMMED_TEAM_FN LapWork lap_work_at(double* d, int* k, index_t n_max, index_t m_max) {
+  LapWork w;
+  w.u = d;
+  w.v = w.u + n_max;
+  w.shortest = w.v + m_max;
+  w.path = k;
+  w.row4col = w.path + m_max;
+  w.scanned = w.row4col + m_max;
+  w.col4row = w.scanned + m_max;
+  w.visited = w.col4row + n_max;
+  return w;
 }
 
 // Min-cost assignment of all n rows to distinct columns among m >= n; cost(i, j) for 0-based i < n, j < m.
-// Writes col_of_row[i] (0-based). All threads of the team must call it.
+// Writes col_of_row[i]. All threads of the team must call it.
+//
+// Shortest augmenting paths with lazy dual updates: rows start with u_i = min_j cost(i, j) and take their
+// cheapest column when it is free (most rows of a random problem are settled here); every other row is inserted by
+// a Dijkstra over the columns on the reduced costs cost - u - v >= 0, the potentials of the settled columns and
+// visited rows being updated once per augmentation. Column ties prefer a free column, then the lowest index.
 template <class Team, class Cost>
 LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, const LapWork& w, int* col_of_row) {
-  team.range(m + 1, [&](index_t j) {
+  team.range(m, [&](index_t j) {
     w.v[j] = 0;
-    w.p[j] = 0;
+    w.row4col[j] = -1;
   });
-  team.range(n + 1, [&](index_t i) { w.u[i] = 0; });
+  team.range(n, [&](index_t i) {  // row reduction; the cheapest column of row i parked in col4row[i]
+    double best = kInf;
+    int arg = 0;
+    for (int j = 0; j < m; ++j) {
+      const double c = cost(static_cast<int>(i), j);
+      if (c < best) {
+        best = c;
+        arg = j;
+      }
+    }
+    w.u[i] = best;
+    w.col4row[i] = arg;
+  });
   team.sync();
-  for (int i = 1; i <= n; ++i) {
-    if (team.leader()) w.p[0] = i;
-    team.range(m + 1, [&](index_t j) {
-      w.minv[j] = kInf;
-      w.used[j] = 0;
+  if (team.leader()) {  // greedy: a row takes its cheapest column if still free (tight: cost - u - 0 = 0)
+    for (int i = 0; i < n; ++i) {
+      const int j = w.col4row[i];
+      if (w.row4col[j] < 0) {
+        w.row4col[j] = i;
+      } else {
+        w.col4row[i] = -1;
+      }
+    }
+  }
+  team.sync();
+  for (int cur = 0; cur < n; ++cur) {
+    if (w.col4row[cur] >= 0) continue;
+    team.range(m, [&](index_t j) {
+      w.shortest[j] = kInf;
+      w.scanned[j] = 0;
+    });
+    team.range(n, [&](index_t i) { w.visited[i] = 0; });
+    team.sync();
+    double min_val = 0;
+    int i = cur, sink = -1;
+    for (int step = 0; step < m && sink < 0; ++step) {  // each step settles one column
+      const double ui = w.u[i];
+      Best best = no_best();
+      if constexpr (Team::kSerial) {  // branch-free relaxation (mispredictions dominate otherwise), then the argmin
+        double* __restrict sh = w.shortest;
+        int* __restrict path = w.path;
+        const double* __restrict v = w.v;
+        const int* __restrict sc = w.scanned;
+        const int* __restrict rc = w.row4col;
+        const double base = min_val - ui;
+        double bv = kInf;
+#pragma omp simd reduction(min : bv)
+        for (int j = 0; j < m; ++j) {                  // relax and take the minimum: no loop-carried branches
+          const double rr = base + cost(i, j) - v[j];  // unconditional: the loop stays branch-free
+          const double r = sc[j] ? kInf : rr;
+          const double old = sh[j];
+          const bool closer = r < old;
+          const double sj = closer ? r : old;
+          sh[j] = sj;
+          path[j] = closer ? i : path[j];
+          const double cand = sc[j] ? kInf : sj;
+          bv = cand < bv ? cand : bv;
+        }
+        int bj = -1, bfree = 0;
+        for (int j = 0; j < m; ++j) {  // the first minimal column, a free one if any
+          if (sc[j] || sh[j] != bv) continue;
+          if (rc[j] < 0) {
+            bj = j;
+            bfree = 1;
+            break;
+          }
+          if (bj < 0) bj = j;
+        }
+        best = {-bv, (bfree ? 0 : m) + bj};
+      } else {
+        team.range(m, [&](index_t j) {
+          if (w.scanned[j]) return;
+          const double r = min_val + cost(i, static_cast<int>(j)) - ui - w.v[j];
+          if (r < w.shortest[j]) {
+            w.shortest[j] = r;
+            w.path[j] = i;
+          }
+          offer(best, -w.shortest[j], (w.row4col[j] >= 0 ? m : 0) + j);  // ties: a free column first
+        });
+        best = team.argmax(best);
+      }
+      const int j = static_cast<int>(best.code >= m ? best.code - m : best.code);
+      min_val = -best.value;
+      if (team.leader()) w.scanned[j] = 1;
+      if (w.row4col[j] < 0) {
+        sink = j;
+      } else {
+        i = w.row4col[j];
+        if (team.leader()) w.visited[i] = 1;
+      }
+      team.sync();
+    }
+    // dual updates of the settled columns and the rows reached, then augmentation along the path to the sink
+    team.range(n, [&](index_t r) {
+      if (r == cur)
+        w.u[r] += min_val;
+      else if (w.visited[r])
+        w.u[r] += min_val - w.shortest[w.col4row[r]];
+    });
+    team.range(m, [&](index_t j) {
+      if (w.scanned[j]) w.v[j] -= min_val - w.shortest[j];
     });
     team.sync();
-    int j0 = 0;
-    for (int step = 0; step <= m; ++step) {  // each step reaches a new column: at most m steps
-      if (team.leader()) w.used[j0] = 1;
-      team.sync();
-      const int i0 = w.p[j0];
-      const double ui0 = w.u[i0];
-      Best best = no_best();
-      team.range(m + 1, [&](index_t j) {
-        if (j == 0 || w.used[j]) return;
-        const double cur = cost(i0 - 1, static_cast<int>(j - 1)) - ui0 - w.v[j];
-        if (cur < w.minv[j]) {
-          w.minv[j] = cur;
-          w.way[j] = j0;
-        }
-        offer(best, -w.minv[j], j);
-      });
-      best = team.argmax(best);
-      const double delta = -best.value;
-      const int j1 = static_cast<int>(best.code);
-      team.range(m + 1, [&](index_t j) {
-        if (w.used[j]) {
-          w.u[w.p[j]] += delta;
-          w.v[j] -= delta;
-        } else {
-          w.minv[j] -= delta;
-        }
-      });
-      team.sync();
-      j0 = j1;
-      if (w.p[j0] == 0) break;
-    }
-    if (team.leader()) {  // augment along the path ending at the free column j0
-      for (int guard = 0; j0 != 0 && guard <= m; ++guard) {
-        const int j1 = w.way[j0];
-        w.p[j0] = w.p[j1];
-        j0 = j1;
+    if (team.leader()) {
+      int j = sink;
+      for (int guard = 0; guard <= n && j >= 0; ++guard) {
+        const int r = w.path[j];
+        w.row4col[j] = r;
+        const int prev = w.col4row[r];
+        w.col4row[r] = j;
+        j = prev;
+        if (r == cur) break;
       }
     }
     team.sync();
   }
-  team.range(m, [&](index_t j) {
-    if (w.p[j + 1] != 0) col_of_row[w.p[j + 1] - 1] = static_cast<int>(j);
-  });
+  team.range(n, [&](index_t r) { col_of_row[r] = w.col4row[r]; });
   team.sync();
 }
 
 // Assignment of an N x M score matrix, score(i, a) -> assign[i] (column, or -1 when unmatched).
 //   partial = false: min(N, M) pairs (every row when N <= M, every column otherwise);
 //   partial = true: any number of pairs; leaving a row and a column unmatched scores 0.
-// `rows` is int scratch of max(N, M) entries. LapWork sized for lap_doubles(max(N,M), M + N), lap_ints(M + N).
+// `rows` is int scratch of max(N, M) entries. LapWork sized for lap_doubles/lap_ints(max(N, M), M + N).
 template <class Team, class Score>
 LVMMED_TEAM_FN void lap_assign(const Team& team, int N, int M, const Score& score, bool maximize, bool partial,
                                const LapWork& w, int* rows, int* assign) {

@@ -96,7 +96,7 @@ LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, 
   l.pairs = k;
   k += (need_search && Et > 0) ? round2(M * M + Et) : 0;
   l.lapi = k;
-  k += round2(lap_ints(M + N));
+  k += round2(lap_ints(big, M + N));
   l.n_ints = k;
   return l;
 }
@@ -279,9 +279,6 @@ LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool p
   c.Z = d + l.Z;
   c.rs = d + l.rs;
   c.cs = d + l.cs;
-  c.lap.u = d + l.lapd;
-  c.lap.v = c.lap.u + (vmax(g.N, g.M) + 1);
-  c.lap.minv = c.lap.v + (g.M + g.N + 1);
   c.pi = k + l.pi;
   c.inv = k + l.inv;
   c.best = k + l.best;
@@ -292,9 +289,7 @@ LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool p
   c.at = adjacency_at(k + l.adj_t, g.M, g.Et);
   c.tfirst = k + l.pairs;
   c.tnext = c.tfirst + static_cast<index_t>(g.M) * g.M;
-  c.lap.p = k + l.lapi;
-  c.lap.way = c.lap.p + (g.M + g.N + 1);
-  c.lap.used = c.lap.way + (g.M + g.N + 1);
+  c.lap = lap_work_at(d + l.lapd, k + l.lapi, vmax(g.N, g.M), g.M + g.N);
   return c;
 }
 
@@ -641,10 +636,8 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
     for (index_t k = 0; k < static_cast<index_t>(N) * N + c.g.Es; ++k) C[k] = 0;
     for (int p = 0; p < c.g.Es; ++p) refresh_edge(p);
   }
+  const bool relocate = c.partial || N < M;  // free columns (every row stays matched unless partial) or unmatching
   for (index_t it = 0; it < max_moves; ++it) {
-    int matched = 0;
-    for (int i = 0; i < N; ++i) matched += c.pi[i] >= 0;
-    const bool relocate = c.partial || matched < M;  // free columns or unmatching possible
     const auto allowed = [&](int r, int col, double gain) {
       if (!tabu) return true;
       return c.tabu[static_cast<index_t>(r) * (M + 1) + (col < 0 ? M : col)] < it || f + gain > best_f + c.eps;
@@ -792,17 +785,25 @@ LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const Softassi
     const double frac = o.steps > 1 ? static_cast<double>(t) / (o.steps - 1) : 1.0;
     const double beta = o.beta0 * pow(o.beta1 / o.beta0, frac) / vmax(m, 1e-300);
     // kernel: exp(beta S) on the real block, 1 on the slacks that exist, 0 elsewhere
-    team.range(static_cast<index_t>(N + 1) * ldx, [&](index_t k) {
-      const index_t i = k / ldx, a = k % ldx;
-      double v;
-      if (i < N && a < M)
-        v = exp(beta * c.S[i * M + a]);
-      else if (i == N && a == M)
-        v = (slack_row && slack_col) ? 1.0 : 0.0;
-      else
-        v = (i == N) ? (slack_row ? 1.0 : 0.0) : (slack_col ? 1.0 : 0.0);
-      c.X[k] = v;
-    });
+    if constexpr (Team::kSerial) {
+      for (int i = 0; i < N; ++i) {
+        team.exp_scaled(c.X + i * ldx, c.S + static_cast<index_t>(i) * M, beta, M);
+        c.X[i * ldx + M] = slack_col ? 1.0 : 0.0;
+      }
+      for (int a = 0; a <= M; ++a) c.X[N * ldx + a] = slack_row && (a < M || slack_col) ? 1.0 : 0.0;
+    } else {
+      team.range(static_cast<index_t>(N + 1) * ldx, [&](index_t k) {
+        const index_t i = k / ldx, a = k % ldx;
+        double v;
+        if (i < N && a < M)
+          v = exp(beta * c.S[i * M + a]);
+        else if (i == N && a == M)
+          v = (slack_row && slack_col) ? 1.0 : 0.0;
+        else
+          v = (i == N) ? (slack_row ? 1.0 : 0.0) : (slack_col ? 1.0 : 0.0);
+        c.X[k] = v;
+      });
+    }
     team.range(N + 1, [&](index_t i) { c.rs[i] = 1.0; });
     team.sync();
     for (int it = 0; it < o.sinkhorn_iters; ++it) {
@@ -846,6 +847,7 @@ LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const Softassi
 
 struct SearchPlan {
   bool multistart;
+  bool start_from_soft;  // besides LAP(gradient at the softassign X), start from LAP(X) itself
   SoftassignOptions ga;
   int tabu_iters, tenure, kicks, kick_size;
   index_t max_descent;
@@ -863,6 +865,7 @@ LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
 inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t M) {
   SearchPlan p;
   p.multistart = o.multistart;
+  p.start_from_soft = true;
   p.ga = {o.multistart ? o.ga_steps : 0, o.sinkhorn_iters, 2.0, 40.0};
   p.tabu_iters = o.tabu_iters;
   p.tenure = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 4, 2), 10));
@@ -875,6 +878,7 @@ inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t
   if (getenv("B1")) p.ga.beta1 = atof(getenv("B1"));
   if (getenv("TEN")) p.tenure = atoi(getenv("TEN"));
   if (getenv("KSZ")) p.kick_size = atoi(getenv("KSZ"));
+  if (getenv("NOX")) p.start_from_soft = false;
 #endif
   return p;
 }
@@ -950,8 +954,10 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
       const double x = c.X[i * ldx + a];
       return c.partial ? x - 0.5 * (c.X[i * ldx + M] + c.X[N * ldx + a]) : x;
     };
-    lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f);
+    if (plan.start_from_soft) {
+      lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
+      best_f = try_start(team, c, plan, best_f);
+    }
     const auto from_s = [&](int i, int a) { return c.S[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, from_s, true, c.partial, c.lap, c.rows, c.pi);
     best_f = try_start(team, c, plan, best_f);

@@ -81,9 +81,10 @@ struct SerialTeam {
   // max_k |x[k]| (0 for n = 0)
   template <typename T>
   double max_abs(const T* x, index_t n) const;
-  // y += alpha x; <a, b>
+  // y += alpha x; <a, b>; out = exp(scale * in) (relative error < 1e-12, arguments clamped to +-700)
   void axpy(double alpha, const double* x, double* y, index_t n) const;
   double dot(const double* a, const double* b, index_t n) const;
+  void exp_scaled(double* out, const double* in, double scale, index_t n) const;
 };
 template <>
 void SerialTeam::multiply_add<float>(float* acc, const float* a, const float* b, index_t n) const;
