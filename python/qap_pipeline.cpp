@@ -72,11 +72,11 @@ at::Tensor sinkhorn(const at::Tensor& logits, bool partial, int64_t iters) {
   if (slack_col) nu.narrow(2, M, 1).fill_(static_cast<double>(N));
   at::Tensor r = at::ones({G, R, 1}, logits.options()), c;
   const double tiny = 1e-30;
-  for (int64_t it = 0; it < iters; ++it) {
-    c = nu / at::matmul(r.transpose(1, 2), K).clamp_min(tiny);  // [G,1,C]
-    r = mu / at::matmul(K, c.transpose(1, 2)).clamp_min(tiny);  // [G,R,1]
+  for (int64_t it = 0; it < iters; ++it) {  // products + sums, not tiny bmm calls (batched mat-vecs are slow)
+    c = nu / (K * r).sum(1, true).clamp_min(tiny);  // [G,1,C]
+    r = mu / (K * c).sum(2, true).clamp_min(tiny);  // [G,R,1]
   }
-  c = nu / at::matmul(r.transpose(1, 2), K).clamp_min(tiny);
+  c = nu / (K * r).sum(1, true).clamp_min(tiny);
   return (r * K * c).narrow(1, 0, N).narrow(2, 0, M).contiguous();
 }
 
