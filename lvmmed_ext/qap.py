@@ -84,7 +84,7 @@ def solve_qap(
             ========== ===========================================================================================
             ``ls``     multi-start local search: LAP on the unary, softassign starts, warm start; each polished by
                        best-improvement swaps / moves with exact O(deg) gains; then tabu search. ``max_iter``: tabu
-                       moves (default ``2 max(N, 8)``). Deterministic and permutation-equivariant (up to ties).
+                       moves (default ``1.5 max(N, 8)``). Deterministic and permutation-equivariant (up to ties).
             ``ils``    ``ls`` + ``max(N, 8)`` random-kick restarts (seeded by ``generator``).
             ``ga``     softassign (graduated assignment) -> Frank-Wolfe warm-started from it -> LAP -> local-search
                        polish; batched products, for large or dense (``A``/``B``) problems. ``max_iter``: annealing

@@ -11,8 +11,9 @@ namespace {
 
 // Per-method defaults of max_iter (< 0 from the caller).
 struct Defaults {
-  int64_t ls_tabu(const QAPShape& s) const { return 2 * std::max<int64_t>(s.N, 8); }
+  int64_t ls_tabu(const QAPShape& s) const { return 3 * std::max<int64_t>(s.N, 8) / 2; }
   int ls_ga_steps = 4;
+  int ls_sinkhorn_iters = 5;
   int64_t ga_steps = 30;
   int64_t faq_iters = 30;
   int64_t power_iters = 50;  // sm, rrwm, ipfp (pygmtools' max_iter)
@@ -72,7 +73,7 @@ at::Tensor sinkhorn(const at::Tensor& logits, bool partial, int64_t iters) {
   if (slack_col) nu.narrow(2, M, 1).fill_(static_cast<double>(N));
   at::Tensor r = at::ones({G, R, 1}, logits.options()), c;
   const double tiny = 1e-30;
-  for (int64_t it = 0; it < iters; ++it) {  // products + sums, not tiny bmm calls (batched mat-vecs are slow)
+  for (int64_t it = 0; it < iters; ++it) {          // products + sums, not tiny bmm calls (batched mat-vecs are slow)
     c = nu / (K * r).sum(1, true).clamp_min(tiny);  // [G,1,C]
     r = mu / (K * c).sum(2, true).clamp_min(tiny);  // [G,R,1]
   }
@@ -228,6 +229,7 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
     QAPSearchOptions o;
     o.partial = partial;
     o.ga_steps = def.ls_ga_steps;
+    o.sinkhorn_iters = def.ls_sinkhorn_iters;
     o.tabu_iters = static_cast<int>(std::min<int64_t>(iters(def.ls_tabu(s)), INT32_MAX / 2));
     o.kicks = method == "ils" ? static_cast<int>(std::max<int64_t>(s.N, 8)) : 0;
     o.seed = static_cast<uint64_t>(seed);

@@ -2,7 +2,8 @@
 // pygmtools-style Lawler products and the gradient w.r.t. quad. One thread per graph.
 #include <vector>
 
-#include "qap_cpu.h"
+#include "lvmmed/detail/qap_engine.h"
+#include "lvmmed/qap.h"
 
 namespace lvmmed::cpu {
 namespace {
@@ -31,7 +32,7 @@ Sides adjacency(const detail::QAPGraph<T>& gr, std::vector<int>& buf) {
 template <typename T>
 void qap_edge_objective(const T* X, QAPInputs<T> in, T* out, QAPShape s, index_t g_begin, index_t g_end) {
   for (index_t g = g_begin; g < g_end; ++g) {
-    const auto gr = graph_at(in, s, g);
+    const auto gr = detail::graph_of(in, s, g);
     const T* x = X + g * s.N * s.M;
     double f = 0;
     for (index_t k = 0; k < s.N * s.M; ++k) f += static_cast<double>(gr.unary[k]) * static_cast<double>(x[k]);
@@ -55,7 +56,7 @@ void qap_edge_gradient(const T* X, QAPInputs<T> in, T* out, QAPShape s, index_t 
   std::vector<double> acc(s.N * s.M);
   const detail::SerialTeam team;
   for (index_t g = g_begin; g < g_end; ++g) {
-    const auto gr = graph_at(in, s, g);
+    const auto gr = detail::graph_of(in, s, g);
     for (index_t k = 0; k < s.N * s.M; ++k) acc[k] = static_cast<double>(gr.unary[k]);
     if (gr.Es > 0 && gr.Et > 0) {
       const Sides sd = adjacency(gr, buf);
@@ -73,7 +74,7 @@ void qap_lawler_product(const T* X, QAPInputs<T> in, T* out, bool transpose, QAP
   std::vector<double> acc(s.N * s.M);
   const detail::SerialTeam team;
   for (index_t g = g_begin; g < g_end; ++g) {
-    const auto gr = graph_at(in, s, g);
+    const auto gr = detail::graph_of(in, s, g);
     const T* x = X + g * s.N * s.M;
     for (index_t k = 0; k < s.N * s.M; ++k) acc[k] = static_cast<double>(gr.unary[k]) * static_cast<double>(x[k]);
     if (gr.Es > 0 && gr.Et > 0) {
@@ -88,7 +89,7 @@ void qap_lawler_product(const T* X, QAPInputs<T> in, T* out, bool transpose, QAP
 template <typename T>
 void qap_quad_grad(const T* grad, const T* X, QAPInputs<T> in, T* out, QAPShape s, index_t g_begin, index_t g_end) {
   for (index_t g = g_begin; g < g_end; ++g) {
-    const auto gr = graph_at(in, s, g);
+    const auto gr = detail::graph_of(in, s, g);
     const T* x = X + g * s.N * s.M;
     const double w = static_cast<double>(grad[g]);
     for (int p = 0; p < gr.Es; ++p) {

@@ -4,7 +4,8 @@
 #include <cstring>
 #include <vector>
 
-#include "qap_cpu.h"
+#include "lvmmed/detail/qap_engine.h"
+#include "lvmmed/qap.h"
 #include "vec.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -93,22 +94,6 @@ double SerialTeam::max_abs<double>(const double* x, index_t n) const {
 namespace cpu {
 
 template <typename T>
-detail::QAPGraph<T> graph_at(const QAPInputs<T>& in, const QAPShape& s, index_t g) {
-  detail::QAPGraph<T> gr;
-  gr.N = static_cast<int>(s.N);
-  gr.M = static_cast<int>(s.M);
-  gr.Es = s.has_edges ? static_cast<int>(s.Es) : 0;
-  gr.Et = s.has_edges ? static_cast<int>(s.Et) : 0;
-  gr.unary = in.unary + g * s.N * s.M;
-  gr.quad = s.has_edges ? in.quad + g * s.Es * s.Et : nullptr;
-  gr.es = s.has_edges ? in.edges_s + g * s.Es * 2 : nullptr;
-  gr.et = s.has_edges ? in.edges_t + g * s.Et * 2 : nullptr;
-  gr.A = s.has_kb ? in.A + g * s.N * s.N : nullptr;
-  gr.B = s.has_kb ? in.B + g * s.M * s.M : nullptr;
-  return gr;
-}
-
-template <typename T>
 void qap_search(QAPInputs<T> in, const T* init, std::int64_t* assign, QAPShape s, QAPSearchOptions o, index_t g_begin,
                 index_t g_end) {
   const bool need_ga = o.multistart && o.ga_steps > 0;
@@ -118,14 +103,12 @@ void qap_search(QAPInputs<T> in, const T* init, std::int64_t* assign, QAPShape s
   const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
   const detail::SerialTeam team;
   for (index_t g = g_begin; g < g_end; ++g) {
-    auto c = detail::qap_search_at(graph_at(in, s, g), ws.data(), o.partial, true, need_ga);
+    auto c = detail::qap_search_at(detail::graph_of(in, s, g), ws.data(), o.partial, true, need_ga);
     detail::search_solve(team, c, plan, init ? init + g * s.N * s.M : nullptr, assign + g * s.N,
                          static_cast<std::uint64_t>(g));
   }
 }
 
-template detail::QAPGraph<float> graph_at<float>(const QAPInputs<float>&, const QAPShape&, index_t);
-template detail::QAPGraph<double> graph_at<double>(const QAPInputs<double>&, const QAPShape&, index_t);
 template void qap_search<float>(QAPInputs<float>, const float*, std::int64_t*, QAPShape, QAPSearchOptions, index_t,
                                 index_t);
 template void qap_search<double>(QAPInputs<double>, const double*, std::int64_t*, QAPShape, QAPSearchOptions, index_t,

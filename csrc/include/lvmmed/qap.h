@@ -38,8 +38,8 @@ struct QAPInputs {
 struct QAPSearchOptions {
   bool partial = false;     // row/column sums <= 1 (unmatched contributes 0) instead of every row matched
   bool multistart = true;   // LAP(unary) + softassign starts; false: only descend (+ tabu) from `init`
-  int ga_steps = 8;         // softassign annealing steps of the softassign starts (0: none)
-  int sinkhorn_iters = 10;  // Sinkhorn iterations per softassign step
+  int ga_steps = 4;         // softassign annealing steps of the softassign starts (0: none)
+  int sinkhorn_iters = 5;   // Sinkhorn iterations per softassign step
   int tabu_iters = 0;       // tabu-search moves after the descents (0: none)
   int kicks = 0;            // random-kick restarts of the iterated local search (method "ils")
   std::uint64_t seed = 0;   // seeds the kicks (counter-based, per graph: deterministic and thread-independent)
@@ -92,10 +92,12 @@ cudaError_t qap_search(DType dtype, QAPInputs<void> in, const void* init, std::i
 
 cudaError_t qap_edge_objective(DType dtype, const void* X, QAPInputs<void> in, void* out, QAPShape s,
                                cudaStream_t stream);
-cudaError_t qap_edge_gradient(DType dtype, const void* X, QAPInputs<void> in, void* out, QAPShape s,
+// scratch of qap_edge_gradient / qap_lawler_product (the adjacency, when it does not fit in shared memory)
+index_t qap_edge_workspace_bytes(QAPShape s);
+cudaError_t qap_edge_gradient(DType dtype, const void* X, QAPInputs<void> in, void* out, QAPShape s, void* workspace,
                               cudaStream_t stream);
 cudaError_t qap_lawler_product(DType dtype, const void* X, QAPInputs<void> in, void* out, bool transpose, QAPShape s,
-                               cudaStream_t stream);
+                               void* workspace, cudaStream_t stream);
 cudaError_t qap_quad_grad(DType dtype, const void* grad, const void* X, QAPInputs<void> in, void* out, QAPShape s,
                           cudaStream_t stream);
 }  // namespace cuda

@@ -99,7 +99,7 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
         const int* __restrict rc = w.row4col;
         const double base = min_val - ui;
         double bv = kInf;
-#pragma omp simd reduction(min : bv)
+        LVMMED_SIMD_MIN_BV
         for (int j = 0; j < m; ++j) {                  // relax and take the minimum: no loop-carried branches
           const double rr = base + cost(i, j) - v[j];  // unconditional: the loop stays branch-free
           const double r = sc[j] ? kInf : rr;

@@ -29,6 +29,23 @@ struct QAPGraph {
   int N, M, Es, Et;
 };
 
+// The view of graph g of a batch (null edge/dense pointers when the batch has no such term).
+template <typename T>
+LVMMED_HD_FN QAPGraph<T> graph_of(const QAPInputs<T>& in, const QAPShape& s, index_t g) {
+  QAPGraph<T> gr;
+  gr.N = static_cast<int>(s.N);
+  gr.M = static_cast<int>(s.M);
+  gr.Es = s.has_edges ? static_cast<int>(s.Es) : 0;
+  gr.Et = s.has_edges ? static_cast<int>(s.Et) : 0;
+  gr.unary = in.unary + g * s.N * s.M;
+  gr.quad = s.has_edges ? in.quad + g * s.Es * s.Et : nullptr;
+  gr.es = s.has_edges ? in.edges_s + g * s.Es * 2 : nullptr;
+  gr.et = s.has_edges ? in.edges_t + g * s.Et * 2 : nullptr;
+  gr.A = s.has_kb ? in.A + g * s.N * s.N : nullptr;
+  gr.B = s.has_kb ? in.B + g * s.M * s.M : nullptr;
+  return gr;
+}
+
 // Compressed adjacency of one side: the edges leaving (out) and entering (in) every node, in edge order.
 struct Adjacency {
   int* out_off;    // [n+1]
@@ -229,7 +246,9 @@ LVMMED_TEAM_FN void edge_product(const Team& team, const QAPGraph<T>& g, const A
         const int p = as.out_e[k];
         const XT* xj = X + static_cast<index_t>(as.dst[p]) * ldx;
         const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
-        for (int q = 0; q < g.Et; ++q) o[at.src[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.dst[q]]);
+        for (int q = 0; q < g.Et; ++q)
+          if (at.loops || at.src[q] != at.dst[q])
+            o[at.src[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.dst[q]]);
       }
     }
     if (transpose) {
@@ -237,7 +256,9 @@ LVMMED_TEAM_FN void edge_product(const Team& team, const QAPGraph<T>& g, const A
         const int p = as.in_e[k];
         const XT* xj = X + static_cast<index_t>(as.src[p]) * ldx;
         const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
-        for (int q = 0; q < g.Et; ++q) o[at.dst[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.src[q]]);
+        for (int q = 0; q < g.Et; ++q)
+          if (at.loops || at.src[q] != at.dst[q])
+            o[at.dst[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.src[q]]);
       }
     }
   });

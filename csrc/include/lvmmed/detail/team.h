@@ -13,11 +13,13 @@
 #include "lvmmed/common.h"
 
 #ifdef __CUDACC__
-#define LVMMED_TEAM_FN __device__ __forceinline__
+#define LVMMED_TEAM_FN __device__ inline
 #define LVMMED_HD_FN __host__ __device__ inline
+#define LVMMED_SIMD_MIN_BV
 #else
 #define LVMMED_TEAM_FN inline
 #define LVMMED_HD_FN inline
+#define LVMMED_SIMD_MIN_BV _Pragma("omp simd reduction(min : bv)")
 #endif
 
 namespace lvmmed::detail {
