@@ -18,9 +18,11 @@ from .ops import (  # noqa: E402
     local_affinity,
     vertex_affinity,
 )
+from .qap import linear_assignment, qap_objective, solve_qap  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["global_affinity", "reference", "__version__"]
 __all__ += ["edge_affinity", "knn_graph", "local_affinity", "vertex_affinity"]
 __all__ += ["load_pretrained"]
+__all__ += ["linear_assignment", "qap_objective", "solve_qap"]

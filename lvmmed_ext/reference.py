@@ -6,6 +6,9 @@ differentiable through plain autograd. Results are float64.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 from torch import Tensor
 
@@ -115,3 +118,130 @@ def vertex_affinity(
         return glob
     loc = local_affinity(y_s, y_t, pos_s, pos_t, top_loc=top_loc, top_feat=top_feat)
     return alpha * glob + (1 - alpha) * loc
+
+
+# ----------------------------------------------------------------------------------------------------- QAP
+def qap_objective(
+    X: Tensor,
+    unary: Tensor,
+    quad: Tensor | None = None,
+    edges_s: Tensor | None = None,
+    edges_t: Tensor | None = None,
+    *,
+    A: Tensor | None = None,
+    B: Tensor | None = None,
+) -> Tensor:
+    """Reference of :func:`lvmmed_ext.qap_objective` (float64, differentiable): ``[G]``.
+
+    ``sum unary X + sum_{p=(i,j), q=(a,b)} quad[p,q] X[i,a] X[j,b] + sum A[i,j] B[a,b] X[i,a] X[j,b]``.
+    """
+    X, unary = X.double(), unary.double()
+    f = (unary * X).sum((1, 2))
+    if quad is not None and quad.shape[1] > 0 and quad.shape[2] > 0:
+        G = X.shape[0]
+        g = torch.arange(G, device=X.device).view(G, 1, 1)
+        i, j = edges_s[..., 0].unsqueeze(2), edges_s[..., 1].unsqueeze(2)  # [G,Es,1]
+        a, b = edges_t[..., 0].unsqueeze(1), edges_t[..., 1].unsqueeze(1)  # [G,1,Et]
+        f = f + (quad.double() * X[g, i, a] * X[g, j, b]).sum((1, 2))
+    if A is not None:
+        f = f + (A.double() * (X @ B.double() @ X.transpose(1, 2))).sum((1, 2))
+    return f
+
+
+def assignment_count(N: int, M: int, partial: bool) -> int:
+    """Number of feasible assignments: ``M! / (M-N)!`` (every row matched) or, with ``partial``,
+    ``sum_k C(N, k) M! / (M-k)!`` (any number of matched pairs)."""
+    if not partial:
+        return math.perm(M, N) if N <= M else 0
+    return sum(math.comb(N, k) * math.perm(M, k) for k in range(min(N, M) + 1))
+
+
+def assignments(N: int, M: int, partial: bool, device=None) -> Tensor:
+    """Every feasible assignment as ``[P, N]`` int64 (the column of each row, -1 = unmatched), in a fixed order."""
+    if not partial:
+        rows = list(itertools.permutations(range(M), N))
+    else:
+        rows = []
+
+        def extend(prefix, used):
+            if len(prefix) == N:
+                rows.append(tuple(prefix))
+                return
+            extend(prefix + [-1], used)
+            for a in range(M):
+                if a not in used:
+                    extend(prefix + [a], used | {a})
+
+        extend([], frozenset())
+    return torch.tensor(rows, dtype=torch.long, device=device).reshape(len(rows), N)
+
+
+def _objective_of_assignments(P: Tensor, unary, quad, edges_s, edges_t, A, B) -> Tensor:
+    """Objective of every assignment P [K, N] (-1 unmatched) of one graph (float64) -> [K]."""
+    N, M = unary.shape
+    Pc = torch.where(P < 0, torch.full_like(P, M), P)  # column M = "unmatched" (zero)
+    U = torch.cat([unary.double(), unary.new_zeros(N, 1).double()], 1)
+    f = U.gather(1, Pc.T).T.sum(1)
+    if quad is not None and quad.shape[0] > 0 and quad.shape[1] > 0:
+        W = torch.zeros(quad.shape[0], M + 1, M + 1, dtype=torch.float64, device=unary.device)
+        p = torch.arange(quad.shape[0], device=unary.device).view(-1, 1).expand(quad.shape)
+        a = edges_t[:, 0].view(1, -1).expand(quad.shape)
+        b = edges_t[:, 1].view(1, -1).expand(quad.shape)
+        W.index_put_((p, a, b), quad.double(), accumulate=True)  # W[p, a, b] = sum of quad[p, q=(a,b)]
+        pa, pb = Pc[:, edges_s[:, 0]], Pc[:, edges_s[:, 1]]  # [K, Es]
+        f = f + W[torch.arange(quad.shape[0], device=unary.device).view(1, -1), pa, pb].sum(1)
+    if A is not None:
+        Bp = torch.zeros(M + 1, M + 1, dtype=torch.float64, device=unary.device)
+        Bp[:M, :M] = B.double()
+        f = f + (A.double().unsqueeze(0) * Bp[Pc.unsqueeze(2), Pc.unsqueeze(1)]).sum((1, 2))
+    return f
+
+
+def qap_bruteforce(
+    unary: Tensor,
+    quad: Tensor | None = None,
+    edges_s: Tensor | None = None,
+    edges_t: Tensor | None = None,
+    *,
+    A: Tensor | None = None,
+    B: Tensor | None = None,
+    partial: bool = False,
+    chunk: int = 1 << 16,
+) -> Tensor:
+    """Exact QAP by enumeration (the test oracle of :func:`lvmmed_ext.solve_qap`): ``X [G,N,M]`` float64 0/1.
+
+    Ties go to the first assignment in the order of :func:`assignments`. Only for tiny problems.
+    """
+    G, N, M = unary.shape
+    P = assignments(N, M, partial, device=unary.device)
+    out = torch.zeros(G, N, M, dtype=torch.float64, device=unary.device)
+    for g in range(G):
+        args = (
+            unary[g],
+            None if quad is None else quad[g],
+            None if edges_s is None else edges_s[g],
+            None if edges_t is None else edges_t[g],
+            None if A is None else A[g],
+            None if B is None else B[g],
+        )
+        best_f, best_k = -math.inf, 0
+        for start in range(0, P.shape[0], chunk):
+            f = _objective_of_assignments(P[start : start + chunk], *args)
+            k = int(torch.argmax(f))
+            if f[k].item() > best_f:
+                best_f, best_k = f[k].item(), start + k
+        for i, a in enumerate(P[best_k].tolist()):
+            if a >= 0:
+                out[g, i, a] = 1.0
+    return out
+
+
+def linear_assignment(score: Tensor, *, maximize: bool = True, partial: bool = False) -> Tensor:
+    """Reference of :func:`lvmmed_ext.linear_assignment` by enumeration (tiny problems): ``X [G,N,M]`` float64.
+
+    Without ``partial`` and with ``N > M`` every column is matched (the transposed problem)."""
+    G, N, M = score.shape
+    if not partial and N > M:
+        return linear_assignment(score.transpose(1, 2), maximize=maximize).transpose(1, 2)
+    s = score.double() if maximize else -score.double()
+    return qap_bruteforce(s, partial=partial)

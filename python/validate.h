@@ -10,6 +10,7 @@
 #include "lvmmed/global_affinity.h"
 #include "lvmmed/knn_graph.h"
 #include "lvmmed/local_affinity.h"
+#include "lvmmed/qap.h"
 
 namespace lvmmed::glue {
 
@@ -50,5 +51,27 @@ std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const a
                                                                          const at::Tensor& edges_s,
                                                                          const at::Tensor& z_t,
                                                                          const at::Tensor& edges_t);
+// check_finite without the [numel] bool temporary: one float64 sum, the exact check only when it is not finite.
+void check_finite_fast(const at::Tensor& t, const char* name);
+// linear_assignment: score [G,N,M], floating, finite.
+LapShape validate_linear_assignment(const at::Tensor& score);
+// The QAP inputs of solve_qap / qap_objective: unary [G,N,M]; quad [G,Es,Et] with edges_s [G,Es,2] and
+// edges_t [G,Et,2] (int64, indices in range), all three or none; A [G,N,N] with B [G,M,M], both or none; optional
+// init/X [G,N,M] (`x_name`). Costs must be finite when `finite` (the solver; the objective propagates NaN).
+QAPShape validate_qap(const at::Tensor& unary, const std::optional<at::Tensor>& quad,
+                      const std::optional<at::Tensor>& edges_s, const std::optional<at::Tensor>& edges_t,
+                      const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B,
+                      const std::optional<at::Tensor>& x, const char* x_name, bool finite);
+// solve_qap: validate_qap with finite costs and init, and N <= M unless partial.
+QAPShape validate_solve_qap(const at::Tensor& unary, const std::optional<at::Tensor>& quad,
+                            const std::optional<at::Tensor>& edges_s, const std::optional<at::Tensor>& edges_t,
+                            const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B,
+                            const std::optional<at::Tensor>& init, bool partial);
+// qap_objective_backward: validate_qap with X, and grad [G].
+QAPShape validate_qap_objective_backward(const at::Tensor& grad, const at::Tensor& X, const at::Tensor& unary,
+                                         const std::optional<at::Tensor>& quad,
+                                         const std::optional<at::Tensor>& edges_s,
+                                         const std::optional<at::Tensor>& edges_t, const std::optional<at::Tensor>& A,
+                                         const std::optional<at::Tensor>& B);
 
 }  // namespace lvmmed::glue

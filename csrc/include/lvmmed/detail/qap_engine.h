@@ -1,0 +1,1017 @@
+// The per-graph QAP engine, run by a team (team.h): shared by the CPU kernels (a team of one thread per graph) and
+// the CUDA kernels (one thread block per graph). One graph: unary [N,M], quad [Es,Et] over edge lists es [Es,2],
+// et [Et,2], dense Koopmans-Beckmann A [N,N], B [M,M]; maximise
+//   f(X) = <U, X> + sum_{p=(i,j), q=(a,b)} quad[p,q] X[i,a] X[j,b] + sum A[i,j] B[a,b] X[i,a] X[j,b].
+//
+// The search keeps an assignment pi (row -> column, -1 unmatched), its inverse, and the gradient
+// L = U + (K + K^T) x at the current assignment. Every move changes at most two rows, and its exact gain is
+//   <L, D> + D^T K D      (D = the change of X),
+// where D^T K D only involves edges between the moved rows and the diagonal/cross terms of A, B: O(deg) per move.
+// After a move, L is updated through the edges incident to the moved rows (and rank-1 updates of the dense term).
+// Self-loop edges: a loop pair ((i,i), (a,a)) is a unary term and is folded into U; a loop paired with a non-loop
+// edge never contributes to a valid assignment, so loops are left out of the edge lists of the search.
+#pragma once
+#include <cmath>
+
+#include "lvmmed/detail/lap_engine.h"
+#include "lvmmed/qap.h"
+
+namespace lvmmed::detail {
+
+template <typename T>
+struct QAPGraph {
+  const T* unary;          // [N,M]
+  const T* quad;           // [Es,Et] or null
+  const std::int64_t* es;  // [Es,2] or null
+  const std::int64_t* et;  // [Et,2] or null
+  const T* A;              // [N,N] or null
+  const T* B;              // [M,M] or null
+  int N, M, Es, Et;
+};
+
+// The view of graph g of a batch (null edge/dense pointers when the batch has no such term).
+template <typename T>
+LVMMED_HD_FN QAPGraph<T> graph_of(const QAPInputs<T>& in, const QAPShape& s, index_t g) {
+  QAPGraph<T> gr;
+  gr.N = static_cast<int>(s.N);
+  gr.M = static_cast<int>(s.M);
+  gr.Es = s.has_edges ? static_cast<int>(s.Es) : 0;
+  gr.Et = s.has_edges ? static_cast<int>(s.Et) : 0;
+  gr.unary = in.unary + g * s.N * s.M;
+  gr.quad = s.has_edges ? in.quad + g * s.Es * s.Et : nullptr;
+  gr.es = s.has_edges ? in.edges_s + g * s.Es * 2 : nullptr;
+  gr.et = s.has_edges ? in.edges_t + g * s.Et * 2 : nullptr;
+  gr.A = s.has_kb ? in.A + g * s.N * s.N : nullptr;
+  gr.B = s.has_kb ? in.B + g * s.M * s.M : nullptr;
+  return gr;
+}
+
+// Compressed adjacency of one side: the edges leaving (out) and entering (in) every node, in edge order.
+struct Adjacency {
+  int* out_off;    // [n+1]
+  int* out_e;      // [E]
+  int* in_off;     // [n+1]
+  int* in_e;       // [E]
+  int* src;        // [E] endpoints (int32 copies of the int64 edge list)
+  int* dst;        // [E]
+  bool loops;      // self loops are in the lists
+  bool has_loops;  // the edge list has self loops
+};
+
+// Byte layout of the workspace of one team. Doubles first, then ints; every block 8-byte aligned.
+struct QAPLayout {
+  index_t U, L, X, S, Z, rs, cs, lapd;                                 // double offsets (in doubles)
+  index_t pi, inv, best, keep, rows, tabu, adj_s, adj_t, pairs, lapi;  // int offsets (in ints, after the doubles)
+  index_t n_doubles, n_ints;
+  LVMMED_HD_FN index_t bytes() const { return 8 * n_doubles + 4 * n_ints + 8; }
+};
+
+LVMMED_HD_FN index_t round2(index_t n) {
+  return (n + 1) / 2 * 2;
+}
+
+// need_search: the local-search state (L, pi, tabu, target pair table); need_ga: the softassign buffers.
+LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, bool need_search, bool need_ga) {
+  QAPLayout l{};
+  index_t d = 0;
+  const index_t NM = N * M;
+  const index_t big = vmax(N, M);
+  l.U = d;
+  d += NM;
+  l.L = d;
+  d += need_search ? NM : 0;
+  l.X = d;
+  d += need_ga ? (N + 1) * (M + 1) : 0;
+  l.S = d;
+  d += NM;
+  l.Z = d;
+  d += need_ga ? NM : 0;
+  l.rs = d;
+  d += need_ga ? N + 1 : 0;
+  l.cs = d;
+  d += need_ga ? M + 1 : 0;
+  l.lapd = d;
+  d += lap_doubles(big, M + N);
+  l.n_doubles = d;
+  index_t k = 0;
+  l.pi = k;
+  k += round2(N);
+  l.inv = k;
+  k += round2(M);
+  l.best = k;
+  k += round2(N);
+  l.keep = k;
+  k += round2(N);
+  l.rows = k;
+  k += round2(big);
+  l.tabu = k;
+  k += need_search ? round2(N * (M + 1)) : 0;
+  l.adj_s = k;
+  k += round2(2 * (N + 1) + 4 * Es);
+  l.adj_t = k;
+  k += round2(2 * (M + 1) + 4 * Et);
+  l.pairs = k;
+  k += (need_search && Et > 0) ? round2(M * M + Et) : 0;
+  l.lapi = k;
+  k += round2(lap_ints(big, M + N));
+  l.n_ints = k;
+  return l;
+}
+
+LVMMED_TEAM_FN Adjacency adjacency_at(int* base, index_t n, index_t E) {
+  Adjacency a;
+  a.out_off = base;
+  a.out_e = a.out_off + (n + 1);
+  a.in_off = a.out_e + E;
+  a.in_e = a.in_off + (n + 1);
+  a.src = a.in_e + E;
+  a.dst = a.src + E;
+  a.loops = false;
+  a.has_loops = false;
+  return a;
+}
+
+// CSR of the edges by key(e) (a node in [0, n), or -1 to leave the edge out), edges of one node in edge order.
+template <class Team, class Key>
+LVMMED_TEAM_FN void build_csr(const Team& team, int n, int E, const Key& key, int* off, int* list) {
+  if constexpr (Team::kSerial) {
+    for (int v = 0; v <= n; ++v) off[v] = 0;
+    for (int e = 0; e < E; ++e) {
+      const int k = key(e);
+      if (k >= 0) ++off[k + 1];
+    }
+    for (int v = 0; v < n; ++v) off[v + 1] += off[v];
+    for (int e = 0; e < E; ++e) {  // off[k] runs ahead while filling, then is shifted back
+      const int k = key(e);
+      if (k >= 0) list[off[k]++] = e;
+    }
+    for (int v = n; v > 0; --v) off[v] = off[v - 1];
+    off[0] = 0;
+  } else {
+    team.range(n, [&](index_t v) {
+      int c = 0;
+      for (int e = 0; e < E; ++e) c += key(e) == v;
+      off[v + 1] = c;
+    });
+    team.sync();
+    if (team.leader()) {
+      off[0] = 0;
+      for (int v = 0; v < n; ++v) off[v + 1] += off[v];
+    }
+    team.sync();
+    team.range(n, [&](index_t v) {
+      int w = off[v];
+      for (int e = 0; e < E; ++e)
+        if (key(e) == v) list[w++] = e;
+    });
+  }
+  team.sync();
+}
+
+// Endpoints and out/in adjacency of an edge list [E,2] over n nodes; with_loops=false leaves self loops out.
+template <class Team>
+LVMMED_TEAM_FN void build_adjacency(const Team& team, const std::int64_t* edges, int n, int E, bool with_loops,
+                                    Adjacency& a) {
+  team.range(E, [&](index_t e) {
+    a.src[e] = static_cast<int>(edges[2 * e]);
+    a.dst[e] = static_cast<int>(edges[2 * e + 1]);
+  });
+  team.sync();
+  a.loops = with_loops;
+  a.has_loops = false;
+  for (int e = 0; e < E; ++e) a.has_loops |= a.src[e] == a.dst[e];  // replicated: every thread reads all
+  const auto out_key = [&](int e) { return (with_loops || a.src[e] != a.dst[e]) ? a.src[e] : -1; };
+  const auto in_key = [&](int e) { return (with_loops || a.src[e] != a.dst[e]) ? a.dst[e] : -1; };
+  build_csr(team, n, E, out_key, a.out_off, a.out_e);
+  build_csr(team, n, E, in_key, a.in_off, a.in_e);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Continuous edge products (any real X, loops included): the ops qap_objective / its gradient / pygmtools-style
+// Lawler products. X, out are [N, ld] row-major.
+
+// out[i,a] (+)= sum_{p in out(i)} sum_q quad[p,q] X[dst p, dst q] at column src q   (K_e x), and/or
+//              sum_{p in in(i)} sum_q quad[p,q] X[src p, src q] at column dst q     (K_e^T x). Row-owned.
+template <class Team, typename T, typename XT, typename OT>
+LVMMED_TEAM_FN void edge_product(const Team& team, const QAPGraph<T>& g, const Adjacency& as, const Adjacency& at,
+                                 const XT* X, index_t ldx, OT* out, index_t ldo, bool forward, bool transpose) {
+  if constexpr (Team::kSerial) {
+    // Gather table tab[j][q] = X[j, column of q], then per row a dense multiply-add over q and one scatter.
+    const int N = g.N, Et = g.Et;
+    T* tab = team.template scratch<T>(0, static_cast<index_t>(N) * Et);  // in T: twice the SIMD width for float
+    T* acc = team.template scratch<T>(1, Et);
+    for (int dir = 0; dir < 2; ++dir) {
+      if ((dir == 0 && !forward) || (dir == 1 && !transpose)) continue;
+      const int* xcol = dir == 0 ? at.dst : at.src;         // column of X read through q
+      const int* ooff = dir == 0 ? at.out_off : at.in_off;  // the q written to column a of out
+      const int* olst = dir == 0 ? at.out_e : at.in_e;
+      const int* off = dir == 0 ? as.out_off : as.in_off;
+      const int* lst = dir == 0 ? as.out_e : as.in_e;
+      const int* other = dir == 0 ? as.dst : as.src;
+      bool contiguous = ooff[g.M] == Et;  // the CSR order of this direction is the edge order
+      for (int q = 0; q < Et && contiguous; ++q) contiguous = olst[q] == q;
+      for (int j = 0; j < N; ++j)
+        for (int q = 0; q < Et; ++q) tab[static_cast<index_t>(j) * Et + q] = static_cast<T>(X[j * ldx + xcol[q]]);
+      for (int i = 0; i < N; ++i) {
+        if (off[i] == off[i + 1]) continue;
+        for (int q = 0; q < Et; ++q) acc[q] = 0;
+        for (int k = off[i]; k < off[i + 1]; ++k) {
+          const int p = lst[k];
+          team.multiply_add(acc, g.quad + static_cast<index_t>(p) * Et, tab + static_cast<index_t>(other[p]) * Et, Et);
+        }
+        OT* o = out + i * ldo;
+        if (contiguous) {  // the q of column a are the range [ooff[a], ooff[a+1]): short independent sums
+          for (int a = 0; a < g.M; ++a) {
+            double sum = 0;
+            for (int q = ooff[a]; q < ooff[a + 1]; ++q) sum += static_cast<double>(acc[q]);
+            o[a] += static_cast<OT>(sum);
+          }
+        } else {  // scatter in edge order (consecutive edges rarely share this endpoint: no store chains)
+          const int* ocol = dir == 0 ? at.src : at.dst;
+          if (at.loops || !at.has_loops) {
+            for (int q = 0; q < Et; ++q) o[ocol[q]] += static_cast<OT>(acc[q]);
+          } else {
+            for (int q = 0; q < Et; ++q)
+              if (at.src[q] != at.dst[q]) o[ocol[q]] += static_cast<OT>(acc[q]);
+          }
+        }
+      }
+    }
+    return;
+  }
+  team.range(g.N, [&](index_t i) {
+    OT* o = out + i * ldo;
+    if (forward) {
+      for (int k = as.out_off[i]; k < as.out_off[i + 1]; ++k) {
+        const int p = as.out_e[k];
+        const XT* xj = X + static_cast<index_t>(as.dst[p]) * ldx;
+        const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+        for (int q = 0; q < g.Et; ++q)
+          if (at.loops || at.src[q] != at.dst[q])
+            o[at.src[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.dst[q]]);
+      }
+    }
+    if (transpose) {
+      for (int k = as.in_off[i]; k < as.in_off[i + 1]; ++k) {
+        const int p = as.in_e[k];
+        const XT* xj = X + static_cast<index_t>(as.src[p]) * ldx;
+        const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+        for (int q = 0; q < g.Et; ++q)
+          if (at.loops || at.src[q] != at.dst[q])
+            o[at.dst[q]] += static_cast<OT>(qp[q]) * static_cast<OT>(xj[at.src[q]]);
+      }
+    }
+  });
+  team.sync();
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// The search engine.
+
+template <typename T>
+struct QAPSearch {
+  QAPGraph<T> g;
+  bool partial, has_edges, has_kb;
+  double eps;  // gains <= eps are not improvements
+  double *U, *L, *X, *S, *Z, *rs, *cs;
+  int *pi, *inv, *best, *keep, *rows, *tabu;
+  int* tfirst;  // [M,M] first target edge q = (a,b) of every pair (a,b), -1 if none (loops left out)
+  int* tnext;   // [Et] next target edge with the same pair, -1 at the end
+  Adjacency as, at;
+  LapWork lap;
+};
+
+template <typename T>
+LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool partial, bool need_search,
+                                          bool need_ga) {
+  const QAPLayout l = qap_layout(g.N, g.M, g.Es, g.Et, need_search, need_ga);
+  double* d = static_cast<double*>(ws);
+  int* k = reinterpret_cast<int*>(d + l.n_doubles);
+  QAPSearch<T> c;
+  c.g = g;
+  c.partial = partial;
+  c.has_edges = g.quad != nullptr && g.Es > 0 && g.Et > 0;
+  c.has_kb = g.A != nullptr;
+  c.eps = 0;
+  c.U = d + l.U;
+  c.L = d + l.L;
+  c.X = d + l.X;
+  c.S = d + l.S;
+  c.Z = d + l.Z;
+  c.rs = d + l.rs;
+  c.cs = d + l.cs;
+  c.pi = k + l.pi;
+  c.inv = k + l.inv;
+  c.best = k + l.best;
+  c.keep = k + l.keep;
+  c.rows = k + l.rows;
+  c.tabu = k + l.tabu;
+  c.as = adjacency_at(k + l.adj_s, g.N, g.Es);
+  c.at = adjacency_at(k + l.adj_t, g.M, g.Et);
+  c.tfirst = k + l.pairs;
+  c.tnext = c.tfirst + static_cast<index_t>(g.M) * g.M;
+  c.lap = lap_work_at(d + l.lapd, k + l.lapi, vmax(g.N, g.M), g.M + g.N);
+  return c;
+}
+
+template <typename T>
+LVMMED_TEAM_FN double qv(const T* p, index_t k) {
+  return static_cast<double>(p[k]);
+}
+
+// B[a,b] with index -1 meaning "unmatched" (zero row/column).
+template <typename T>
+LVMMED_TEAM_FN double Bv(const QAPSearch<T>& c, int a, int b) {
+  return (a < 0 || b < 0) ? 0.0 : qv(c.g.B, static_cast<index_t>(a) * c.g.M + b);
+}
+template <typename T>
+LVMMED_TEAM_FN double Av(const QAPSearch<T>& c, int i, int j) {
+  return qv(c.g.A, static_cast<index_t>(i) * c.g.N + j);
+}
+template <typename T>
+LVMMED_TEAM_FN double Lv(const QAPSearch<T>& c, int i, int a) {
+  return a < 0 ? 0.0 : c.L[static_cast<index_t>(i) * c.g.M + a];
+}
+
+// W_p(a, b) = sum of quad[p, q] over the target edges q = (a, b), a != b (0 if a or b is -1).
+template <typename T>
+LVMMED_TEAM_FN double edge_weight(const QAPSearch<T>& c, int p, int a, int b) {
+  if (a < 0 || b < 0) return 0.0;
+  double w = 0;
+  const T* qp = c.g.quad + static_cast<index_t>(p) * c.g.Et;
+  for (int q = c.tfirst[static_cast<index_t>(a) * c.g.M + b]; q >= 0; q = c.tnext[q]) w += qv(qp, q);
+  return w;
+}
+
+// Edge part of the swap gain of rows r, s (both matched): sum over the edges p between them of
+// W_p(pi s, pi r) + W_p(pi r, pi s).
+template <typename T>
+LVMMED_TEAM_FN double swap_edge_gain(const QAPSearch<T>& c, int r, int s) {
+  const int orr = c.pi[r], os = c.pi[s];
+  double d = 0;
+  for (int k = c.as.out_off[r]; k < c.as.out_off[r + 1]; ++k) {
+    const int p = c.as.out_e[k];
+    if (c.as.dst[p] == s) d += edge_weight(c, p, os, orr) + edge_weight(c, p, orr, os);
+  }
+  for (int k = c.as.out_off[s]; k < c.as.out_off[s + 1]; ++k) {
+    const int p = c.as.out_e[k];
+    if (c.as.dst[p] == r) d += edge_weight(c, p, os, orr) + edge_weight(c, p, orr, os);
+  }
+  return d;
+}
+
+// max_k |x[k]| over the team (replicated result).
+template <class Team, typename V>
+LVMMED_TEAM_FN double max_abs(const Team& team, const V* x, index_t n) {
+  if constexpr (Team::kSerial) {
+    return team.max_abs(x, n);
+  } else {
+    Best m = no_best();
+    team.range(n, [&](index_t k) {
+      const double v = vabs(static_cast<double>(x[k]));
+      if (v > m.value) m.value = v;
+    });
+    m.code = 0;
+    return vmax(team.argmax(m).value, 0.0);
+  }
+}
+
+// Setup of one graph: edge endpoints and adjacency (no loops), U = unary + folded loop pairs, eps from the scale.
+template <class Team, typename T>
+LVMMED_TEAM_FN void search_setup(const Team& team, QAPSearch<T>& c) {
+  const QAPGraph<T>& g = c.g;
+  if (c.has_edges) {
+    build_adjacency(team, g.es, g.N, g.Es, false, c.as);
+    build_adjacency(team, g.et, g.M, g.Et, false, c.at);
+    team.range(static_cast<index_t>(g.M) * g.M, [&](index_t k) { c.tfirst[k] = -1; });
+    team.sync();
+    if (team.leader()) {
+      for (int q = g.Et - 1; q >= 0; --q) {
+        const int a = c.at.src[q], b = c.at.dst[q];
+        if (a == b) continue;
+        const index_t key = static_cast<index_t>(a) * g.M + b;
+        c.tnext[q] = c.tfirst[key];
+        c.tfirst[key] = q;
+      }
+    }
+    team.sync();
+  } else {
+    team.range(g.N + 1, [&](index_t v) { c.as.out_off[v] = c.as.in_off[v] = 0; });
+    team.range(g.M + 1, [&](index_t v) { c.at.out_off[v] = c.at.in_off[v] = 0; });
+  }
+  team.range(static_cast<index_t>(g.N) * g.M, [&](index_t k) { c.U[k] = qv(g.unary, k); });
+  team.sync();
+  if (c.has_edges && team.leader()) {
+    for (int p = 0; p < g.Es; ++p) {
+      if (c.as.src[p] != c.as.dst[p]) continue;
+      for (int q = 0; q < g.Et; ++q)
+        if (c.at.src[q] == c.at.dst[q])
+          c.U[static_cast<index_t>(c.as.src[p]) * g.M + c.at.src[q]] += qv(g.quad, static_cast<index_t>(p) * g.Et + q);
+    }
+  }
+  team.sync();
+  // Scale of the objective: N max|U| + Es max|quad| + N^2 max|A| max|B|; gains below 1e-11 of it are noise.
+  const double mu = max_abs(team, c.U, static_cast<index_t>(g.N) * g.M);
+  const double mq = c.has_edges ? max_abs(team, g.quad, static_cast<index_t>(g.Es) * g.Et) : 0.0;
+  const double ma = c.has_kb ? max_abs(team, g.A, static_cast<index_t>(g.N) * g.N) : 0.0;
+  const double mb = c.has_kb ? max_abs(team, g.B, static_cast<index_t>(g.M) * g.M) : 0.0;
+  c.eps = 1e-11 * (1.0 + g.N * mu + g.Es * mq + static_cast<double>(g.N) * g.N * ma * mb);
+}
+
+// L = U + (K + K^T) x for the assignment c.pi (row-owned); returns f(pi) = (<U,x> + <L,x>) / 2 (replicated).
+template <class Team, typename T>
+LVMMED_TEAM_FN double linearise(const Team& team, QAPSearch<T>& c) {
+  const QAPGraph<T>& g = c.g;
+  const int M = g.M;
+  team.range(g.N, [&](index_t i) {
+    double* Li = c.L + i * M;
+    for (int a = 0; a < M; ++a) Li[a] = c.U[i * M + a];
+    if (c.has_edges) {
+      for (int k = c.as.out_off[i]; k < c.as.out_off[i + 1]; ++k) {  // p = (i, j): sum_q quad[p,q] X[j, dst q]
+        const int p = c.as.out_e[k];
+        const int b = c.pi[c.as.dst[p]];
+        if (b < 0) continue;
+        const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+        for (int kk = c.at.in_off[b]; kk < c.at.in_off[b + 1]; ++kk) {
+          const int q = c.at.in_e[kk];
+          Li[c.at.src[q]] += qv(qp, q);
+        }
+      }
+      for (int k = c.as.in_off[i]; k < c.as.in_off[i + 1]; ++k) {  // p = (j, i)
+        const int p = c.as.in_e[k];
+        const int a = c.pi[c.as.src[p]];
+        if (a < 0) continue;
+        const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+        for (int kk = c.at.out_off[a]; kk < c.at.out_off[a + 1]; ++kk) {
+          const int q = c.at.out_e[kk];
+          Li[c.at.dst[q]] += qv(qp, q);
+        }
+      }
+    }
+    if (c.has_kb) {
+      for (int j = 0; j < g.N; ++j) {
+        const int b = c.pi[j];
+        if (b < 0) continue;
+        const double aij = Av(c, static_cast<int>(i), j), aji = Av(c, j, static_cast<int>(i));
+        for (int a = 0; a < M; ++a) Li[a] += aij * Bv(c, a, b) + aji * Bv(c, b, a);
+      }
+    }
+  });
+  team.sync();
+  double f = 0;
+  for (int i = 0; i < g.N; ++i) {
+    const int a = c.pi[i];
+    if (a >= 0) f += c.U[static_cast<index_t>(i) * M + a] + c.L[static_cast<index_t>(i) * M + a];
+  }
+  return 0.5 * f;
+}
+
+// Gain of swapping the columns of rows r and s (either may be unmatched, not both).
+template <typename T>
+LVMMED_TEAM_FN double swap_gain(const QAPSearch<T>& c, int r, int s) {
+  const int orr = c.pi[r], os = c.pi[s];
+  double d = Lv(c, r, os) - Lv(c, r, orr) + Lv(c, s, orr) - Lv(c, s, os);
+  if (c.has_kb) {
+    const double beta = Bv(c, os, os) - Bv(c, os, orr) - Bv(c, orr, os) + Bv(c, orr, orr);
+    d += (Av(c, r, r) + Av(c, s, s) - Av(c, r, s) - Av(c, s, r)) * beta;
+  }
+  if (c.has_edges && orr >= 0 && os >= 0) d += swap_edge_gain(c, r, s);
+  return d;
+}
+
+// Swap gain without the edge part (the serial scan adds the edge part per edge, not per pair).
+template <typename T>
+LVMMED_TEAM_FN double swap_gain_no_edges(const QAPSearch<T>& c, int r, int s) {
+  const int orr = c.pi[r], os = c.pi[s];
+  double d = Lv(c, r, os) - Lv(c, r, orr) + Lv(c, s, orr) - Lv(c, s, os);
+  if (c.has_kb) {
+    const double beta = Bv(c, os, os) - Bv(c, os, orr) - Bv(c, orr, os) + Bv(c, orr, orr);
+    d += (Av(c, r, r) + Av(c, s, s) - Av(c, r, s) - Av(c, s, r)) * beta;
+  }
+  return d;
+}
+
+// Gain of moving row r to column col (a free column, or -1: unmatched).
+template <typename T>
+LVMMED_TEAM_FN double move_gain(const QAPSearch<T>& c, int r, int col) {
+  const int o = c.pi[r];
+  double d = Lv(c, r, col) - Lv(c, r, o);
+  if (c.has_kb) d += Av(c, r, r) * (Bv(c, col, col) - Bv(c, col, o) - Bv(c, o, col) + Bv(c, o, o));
+  return d;
+}
+
+// L update of row i for source row j moving from column o to column n (edges between i and j, dense term).
+template <typename T>
+LVMMED_TEAM_FN void update_row(const QAPSearch<T>& c, int i, int j, int o, int n) {
+  const QAPGraph<T>& g = c.g;
+  double* Li = c.L + static_cast<index_t>(i) * g.M;
+  if (c.has_edges) {
+    for (int k = c.as.out_off[i]; k < c.as.out_off[i + 1]; ++k) {  // p = (i, j): L[i, src q] for q entering o / n
+      const int p = c.as.out_e[k];
+      if (c.as.dst[p] != j) continue;
+      const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+      if (o >= 0)
+        for (int kk = c.at.in_off[o]; kk < c.at.in_off[o + 1]; ++kk)
+          Li[c.at.src[c.at.in_e[kk]]] -= qv(qp, c.at.in_e[kk]);
+      if (n >= 0)
+        for (int kk = c.at.in_off[n]; kk < c.at.in_off[n + 1]; ++kk)
+          Li[c.at.src[c.at.in_e[kk]]] += qv(qp, c.at.in_e[kk]);
+    }
+    for (int k = c.as.in_off[i]; k < c.as.in_off[i + 1]; ++k) {  // p = (j, i): L[i, dst q] for q leaving o / n
+      const int p = c.as.in_e[k];
+      if (c.as.src[p] != j) continue;
+      const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+      if (o >= 0)
+        for (int kk = c.at.out_off[o]; kk < c.at.out_off[o + 1]; ++kk)
+          Li[c.at.dst[c.at.out_e[kk]]] -= qv(qp, c.at.out_e[kk]);
+      if (n >= 0)
+        for (int kk = c.at.out_off[n]; kk < c.at.out_off[n + 1]; ++kk)
+          Li[c.at.dst[c.at.out_e[kk]]] += qv(qp, c.at.out_e[kk]);
+    }
+  }
+  if (c.has_kb) {
+    const double aij = Av(c, i, j), aji = Av(c, j, i);
+    if (aij != 0.0 || aji != 0.0)
+      for (int a = 0; a < g.M; ++a) Li[a] += aij * (Bv(c, a, n) - Bv(c, a, o)) + aji * (Bv(c, n, a) - Bv(c, o, a));
+  }
+}
+
+// Applies a move: row r to column nr, and (s >= 0) row s to column ns; updates L, pi, inv.
+// Serial L update for row j moving from column o to n, through the edges of j (edge-owned).
+template <typename T>
+LVMMED_TEAM_FN void update_from_row(const QAPSearch<T>& c, int j, int o, int n) {
+  const QAPGraph<T>& g = c.g;
+  if (c.has_edges) {
+    for (int k = c.as.in_off[j]; k < c.as.in_off[j + 1]; ++k) {  // p = (i, j)
+      const int p = c.as.in_e[k];
+      double* Li = c.L + static_cast<index_t>(c.as.src[p]) * g.M;
+      const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+      if (o >= 0)
+        for (int kk = c.at.in_off[o]; kk < c.at.in_off[o + 1]; ++kk)
+          Li[c.at.src[c.at.in_e[kk]]] -= qv(qp, c.at.in_e[kk]);
+      if (n >= 0)
+        for (int kk = c.at.in_off[n]; kk < c.at.in_off[n + 1]; ++kk)
+          Li[c.at.src[c.at.in_e[kk]]] += qv(qp, c.at.in_e[kk]);
+    }
+    for (int k = c.as.out_off[j]; k < c.as.out_off[j + 1]; ++k) {  // p = (j, i)
+      const int p = c.as.out_e[k];
+      double* Li = c.L + static_cast<index_t>(c.as.dst[p]) * g.M;
+      const T* qp = g.quad + static_cast<index_t>(p) * g.Et;
+      if (o >= 0)
+        for (int kk = c.at.out_off[o]; kk < c.at.out_off[o + 1]; ++kk)
+          Li[c.at.dst[c.at.out_e[kk]]] -= qv(qp, c.at.out_e[kk]);
+      if (n >= 0)
+        for (int kk = c.at.out_off[n]; kk < c.at.out_off[n + 1]; ++kk)
+          Li[c.at.dst[c.at.out_e[kk]]] += qv(qp, c.at.out_e[kk]);
+    }
+  }
+  if (c.has_kb) {
+    for (int i = 0; i < g.N; ++i) {
+      const double aij = Av(c, i, j), aji = Av(c, j, i);
+      if (aij == 0.0 && aji == 0.0) continue;
+      double* Li = c.L + static_cast<index_t>(i) * g.M;
+      for (int a = 0; a < g.M; ++a) Li[a] += aij * (Bv(c, a, n) - Bv(c, a, o)) + aji * (Bv(c, n, a) - Bv(c, o, a));
+    }
+  }
+}
+
+template <class Team, typename T>
+LVMMED_TEAM_FN void apply_move(const Team& team, QAPSearch<T>& c, int r, int nr, int s, int ns) {
+  const int orr = c.pi[r], os = s >= 0 ? c.pi[s] : -1;
+  if constexpr (Team::kSerial) {
+    update_from_row(c, r, orr, nr);
+    if (s >= 0) update_from_row(c, s, os, ns);
+  } else {
+    team.range(c.g.N, [&](index_t i) {
+      update_row(c, static_cast<int>(i), r, orr, nr);
+      if (s >= 0) update_row(c, static_cast<int>(i), s, os, ns);
+    });
+  }
+  team.sync();
+  if (team.leader()) {
+    if (orr >= 0) c.inv[orr] = -1;
+    if (s >= 0 && os >= 0) c.inv[os] = -1;
+    c.pi[r] = nr;
+    if (nr >= 0) c.inv[nr] = r;
+    if (s >= 0) {
+      c.pi[s] = ns;
+      if (ns >= 0) c.inv[ns] = s;
+    }
+  }
+  team.sync();
+}
+
+template <class Team, typename T>
+LVMMED_TEAM_FN void set_inverse(const Team& team, QAPSearch<T>& c) {
+  team.range(c.g.M, [&](index_t a) { c.inv[a] = -1; });
+  team.sync();
+  team.range(c.g.N, [&](index_t i) {
+    if (c.pi[i] >= 0) c.inv[c.pi[i]] = static_cast<int>(i);
+  });
+  team.sync();
+}
+
+template <class Team>
+LVMMED_TEAM_FN void copy_ints(const Team& team, int* dst, const int* src, int n) {
+  team.range(n, [&](index_t i) { dst[i] = src[i]; });
+  team.sync();
+}
+
+// Best-improvement search from c.pi (L, f current). tenure = 0: steepest descent until no gain > eps (at most
+// max_moves moves). tenure > 0: tabu search, max_moves moves of the best non-tabu move (improving or not; a tabu
+// move is allowed when it beats the best found), a row may not return to a column it left for `tenure` moves.
+// Leaves the best assignment found in c.pi (with L) and returns its objective.
+template <class Team, typename T>
+LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, index_t max_moves, int tenure) {
+  const int N = c.g.N, M = c.g.M;
+  const bool tabu = tenure > 0;
+  if (tabu) {
+    team.range(static_cast<index_t>(N) * (M + 1), [&](index_t k) { c.tabu[k] = -1; });
+    copy_ints(team, c.best, c.pi, N);
+  }
+  double best_f = f;
+  bool best_is_current = true;
+  const std::int64_t n_swaps = static_cast<std::int64_t>(N) * N;
+  // Serial path: C[min,max] = sum over edges p between two rows of w[p] = W_p(pi j, pi i) + W_p(pi i, pi j).
+  double* C = nullptr;
+  double* w = nullptr;
+  if constexpr (Team::kSerial) {
+    if (c.has_edges) {
+      C = team.template scratch<double>(0, static_cast<index_t>(N) * N + c.g.Es);
+      w = C + static_cast<index_t>(N) * N;
+    }
+  }
+  const auto refresh_edge = [&](int p) {  // idempotent: C keeps the sum of the current w
+    const int i = c.as.src[p], j = c.as.dst[p];
+    if (i == j) return;
+    const int a = c.pi[i], b = c.pi[j];
+    const double nw = (a >= 0 && b >= 0) ? edge_weight(c, p, b, a) + edge_weight(c, p, a, b) : 0.0;
+    C[static_cast<index_t>(vmin(i, j)) * N + vmax(i, j)] += nw - w[p];
+    w[p] = nw;
+  };
+  const auto refresh_row = [&](int x) {
+    for (int k = c.as.out_off[x]; k < c.as.out_off[x + 1]; ++k) refresh_edge(c.as.out_e[k]);
+    for (int k = c.as.in_off[x]; k < c.as.in_off[x + 1]; ++k) refresh_edge(c.as.in_e[k]);
+  };
+  if (C != nullptr) {
+    for (index_t k = 0; k < static_cast<index_t>(N) * N + c.g.Es; ++k) C[k] = 0;
+    for (int p = 0; p < c.g.Es; ++p) refresh_edge(p);
+  }
+  const bool relocate = c.partial || N < M;  // free columns (every row stays matched unless partial) or unmatching
+  for (index_t it = 0; it < max_moves; ++it) {
+    const auto allowed = [&](int r, int col, double gain) {
+      if (!tabu) return true;
+      return c.tabu[static_cast<index_t>(r) * (M + 1) + (col < 0 ? M : col)] < it || f + gain > best_f + c.eps;
+    };
+    Best cand = no_best();
+    const auto offer_swap = [&](int r, int s, double d) {
+      if (tabu) {
+        const bool tr = c.tabu[static_cast<index_t>(r) * (M + 1) + (c.pi[s] < 0 ? M : c.pi[s])] >= it;
+        const bool ts = c.tabu[static_cast<index_t>(s) * (M + 1) + (c.pi[r] < 0 ? M : c.pi[r])] >= it;
+        if ((tr || ts) && !(f + d > best_f + c.eps)) return;
+      }
+      offer(cand, d, static_cast<std::int64_t>(r) * N + s);
+    };
+    if constexpr (Team::kSerial) {
+      for (int r = 0; r < N; ++r)
+        for (int s2 = r + 1; s2 < N; ++s2) {
+          if (c.pi[r] < 0 && c.pi[s2] < 0) continue;
+          double d = swap_gain_no_edges(c, r, s2);
+          if (C != nullptr) d += C[static_cast<index_t>(r) * N + s2];
+          offer_swap(r, s2, d);
+        }
+    } else {
+      team.range(n_swaps, [&](index_t k) {
+        const int r = static_cast<int>(k / N), s2 = static_cast<int>(k % N);
+        if (r >= s2 || (c.pi[r] < 0 && c.pi[s2] < 0)) return;
+        offer_swap(r, s2, swap_gain(c, r, s2));
+      });
+    }
+    if (relocate) {
+      team.range(static_cast<index_t>(N) * (M + 1), [&](index_t k) {
+        const int r = static_cast<int>(k / (M + 1));
+        int col = static_cast<int>(k % (M + 1));
+        if (col == M) {
+          if (!c.partial || c.pi[r] < 0) return;
+          col = -1;
+        } else if (c.inv[col] >= 0) {
+          return;
+        }
+        const double d = move_gain(c, r, col);
+        if (allowed(r, col, d)) offer(cand, d, n_swaps + k);
+      });
+    }
+    cand = team.argmax(cand);
+    if (cand.code == kNoCode || (!tabu && cand.value <= c.eps)) break;
+    if (cand.code < n_swaps) {
+      const int r = static_cast<int>(cand.code / N), s = static_cast<int>(cand.code % N);
+      const int orr = c.pi[r], os = c.pi[s];
+      if (tabu && team.leader()) {
+        c.tabu[static_cast<index_t>(r) * (M + 1) + (orr < 0 ? M : orr)] = static_cast<int>(it + tenure);
+        c.tabu[static_cast<index_t>(s) * (M + 1) + (os < 0 ? M : os)] = static_cast<int>(it + tenure);
+      }
+      apply_move(team, c, r, os, s, orr);
+      if (C != nullptr) {
+        refresh_row(r);
+        refresh_row(s);
+      }
+    } else {
+      const index_t k = cand.code - n_swaps;
+      const int r = static_cast<int>(k / (M + 1));
+      const int col = static_cast<int>(k % (M + 1)) == M ? -1 : static_cast<int>(k % (M + 1));
+      const int o = c.pi[r];
+      if (tabu && team.leader())
+        c.tabu[static_cast<index_t>(r) * (M + 1) + (o < 0 ? M : o)] = static_cast<int>(it + tenure);
+      apply_move(team, c, r, col, -1, -1);
+      if (C != nullptr) refresh_row(r);
+    }
+    f += cand.value;
+    if (tabu) {
+      if (f > best_f + c.eps) {
+        best_f = f;
+        copy_ints(team, c.best, c.pi, N);
+        best_is_current = true;
+      } else {
+        best_is_current = false;
+      }
+    } else {
+      best_f = f;
+    }
+  }
+  if (tabu && !best_is_current) {
+    copy_ints(team, c.pi, c.best, N);
+    set_inverse(team, c);
+    return linearise(team, c);
+  }
+  return best_f;
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Softassign (graduated assignment): X <- Sinkhorn(exp(beta_t * grad(X) / max|grad|)), beta annealed
+// geometrically. X is [N+1, M+1]: the last row/column are the slacks of the free columns / unmatched rows.
+
+struct SoftassignOptions {
+  int steps, sinkhorn_iters;
+  double beta0, beta1;
+};
+
+// S = U + (K + K^T) x for the soft X (row-owned; the loop-free edges of the search).
+template <class Team, typename T>
+LVMMED_TEAM_FN void soft_gradient(const Team& team, QAPSearch<T>& c) {
+  const QAPGraph<T>& g = c.g;
+  const int M = g.M;
+  const index_t ldx = M + 1;
+  team.range(static_cast<index_t>(g.N) * M, [&](index_t k) { c.S[k] = c.U[k]; });
+  team.sync();
+  if (c.has_edges) edge_product(team, g, c.as, c.at, c.X, ldx, c.S, M, true, true);
+  if (c.has_kb) {  // S += A (X B^T) + A^T (X B): Y = X B^T in L (free during softassign), Z = X B
+    team.range(g.N, [&](index_t j) {
+      const double* xj = c.X + j * ldx;
+      for (int a = 0; a < M; ++a) {
+        double y = 0, z = 0;
+        for (int b = 0; b < M; ++b) {
+          y += xj[b] * Bv(c, a, b);
+          z += xj[b] * Bv(c, b, a);
+        }
+        c.L[j * M + a] = y;
+        c.Z[j * M + a] = z;
+      }
+    });
+    team.sync();
+    team.range(g.N, [&](index_t i) {
+      double* Si = c.S + i * M;
+      for (int j = 0; j < g.N; ++j) {
+        const double aij = Av(c, static_cast<int>(i), j), aji = Av(c, j, static_cast<int>(i));
+        for (int a = 0; a < M; ++a) Si[a] += aij * c.L[j * M + a] + aji * c.Z[j * M + a];
+      }
+    });
+    team.sync();
+  }
+}
+
+template <class Team, typename T>
+LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const SoftassignOptions& o) {
+  const int N = c.g.N, M = c.g.M;
+  const index_t ldx = M + 1;
+  const bool slack_row = c.partial || M > N, slack_col = c.partial;
+  const double row_mass = c.partial ? M : M - N, col_mass = N;
+  team.range(static_cast<index_t>(N + 1) * ldx, [&](index_t k) {
+    const index_t i = k / ldx, a = k % ldx;
+    c.X[k] = (i < N && a < M) ? 1.0 / vmax(M, 1) : 0.0;
+  });
+  team.sync();
+  for (int t = 0; t < o.steps; ++t) {
+    soft_gradient(team, c);
+    const double m = max_abs(team, c.S, static_cast<index_t>(N) * M);
+    const double frac = o.steps > 1 ? static_cast<double>(t) / (o.steps - 1) : 1.0;
+    const double beta = o.beta0 * pow(o.beta1 / o.beta0, frac) / vmax(m, 1e-300);
+    // kernel: exp(beta S) on the real block, 1 on the slacks that exist, 0 elsewhere
+    if constexpr (Team::kSerial) {
+      for (int i = 0; i < N; ++i) {
+        team.exp_scaled(c.X + i * ldx, c.S + static_cast<index_t>(i) * M, beta, M);
+        c.X[i * ldx + M] = slack_col ? 1.0 : 0.0;
+      }
+      for (int a = 0; a <= M; ++a) c.X[N * ldx + a] = slack_row && (a < M || slack_col) ? 1.0 : 0.0;
+    } else {
+      team.range(static_cast<index_t>(N + 1) * ldx, [&](index_t k) {
+        const index_t i = k / ldx, a = k % ldx;
+        double v;
+        if (i < N && a < M)
+          v = exp(beta * c.S[i * M + a]);
+        else if (i == N && a == M)
+          v = (slack_row && slack_col) ? 1.0 : 0.0;
+        else
+          v = (i == N) ? (slack_row ? 1.0 : 0.0) : (slack_col ? 1.0 : 0.0);
+        c.X[k] = v;
+      });
+    }
+    team.range(N + 1, [&](index_t i) { c.rs[i] = 1.0; });
+    team.sync();
+    for (int it = 0; it < o.sinkhorn_iters; ++it) {
+      if constexpr (Team::kSerial) {  // column sums as row axpys, row sums as dots: vectorised, no long chains
+        for (int a = 0; a <= M; ++a) c.cs[a] = 0;
+        for (int i = 0; i <= N; ++i) team.axpy(c.rs[i], c.X + i * ldx, c.cs, M + 1);
+        for (int a = 0; a <= M; ++a) {
+          const double mass = a < M ? 1.0 : (slack_col ? col_mass : 0.0);
+          c.cs[a] = c.cs[a] > 0 ? mass / c.cs[a] : 0.0;
+        }
+        for (int i = 0; i <= N; ++i) {
+          const double mass = i < N ? 1.0 : (slack_row ? row_mass : 0.0);
+          const double sum = team.dot(c.X + i * ldx, c.cs, M + 1);
+          c.rs[i] = sum > 0 ? mass / sum : 0.0;
+        }
+        continue;
+      }
+      team.range(M + 1, [&](index_t a) {
+        const double mass = a < M ? 1.0 : (slack_col ? col_mass : 0.0);
+        double s = 0;
+        for (int i = 0; i <= N; ++i) s += c.X[i * ldx + a] * c.rs[i];
+        c.cs[a] = s > 0 ? mass / s : 0.0;
+      });
+      team.sync();
+      team.range(N + 1, [&](index_t i) {
+        const double mass = i < N ? 1.0 : (slack_row ? row_mass : 0.0);
+        double s = 0;
+        for (int a = 0; a <= M; ++a) s += c.X[i * ldx + a] * c.cs[a];
+        c.rs[i] = s > 0 ? mass / s : 0.0;
+      });
+      team.sync();
+    }
+    team.range(static_cast<index_t>(N + 1) * ldx, [&](index_t k) { c.X[k] *= c.rs[k / ldx] * c.cs[k % ldx]; });
+    team.sync();
+  }
+  soft_gradient(team, c);  // S = gradient at the final X (a start of its own)
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// The driver: multi-start descent + tabu search + optional random-kick restarts; the best assignment -> out.
+
+struct SearchPlan {
+  bool multistart;
+  bool start_from_soft;  // besides LAP(gradient at the softassign X), start from LAP(X) itself
+  SoftassignOptions ga;
+  int tabu_iters, tenure, kicks, kick_size;
+  index_t max_descent;
+  std::uint64_t seed;
+};
+
+LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The plan of a search from the user-facing options (host side, shared by the CPU and CUDA launchers).
+inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t M) {
+  SearchPlan p;
+  p.multistart = o.multistart;
+  p.start_from_soft = true;
+  p.ga = {o.multistart ? o.ga_steps : 0, o.sinkhorn_iters, 2.0, 40.0};
+  p.tabu_iters = o.tabu_iters;
+  p.tenure = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 4, 2), 10));
+  p.kicks = o.kicks;
+  p.kick_size = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 8, 2), 8));
+  p.max_descent = o.max_descent > 0 ? o.max_descent : 16 * N * (M + 1) + 64;
+  p.seed = o.seed;
+#ifdef LVMMED_TUNING
+  if (getenv("B0")) p.ga.beta0 = atof(getenv("B0"));
+  if (getenv("B1")) p.ga.beta1 = atof(getenv("B1"));
+  if (getenv("TEN")) p.tenure = atoi(getenv("TEN"));
+  if (getenv("KSZ")) p.kick_size = atoi(getenv("KSZ"));
+  if (getenv("NOX")) p.start_from_soft = false;
+#endif
+  return p;
+}
+
+// Descent from c.pi; keeps it in c.keep when it beats best_f. Returns the new best objective.
+template <class Team, typename T>
+LVMMED_TEAM_FN double try_start(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f) {
+  set_inverse(team, c);
+  double f = linearise(team, c);
+  f = local_search(team, c, f, plan.max_descent, 0);
+  if (f > best_f + c.eps) {
+    copy_ints(team, c.keep, c.pi, c.g.N);
+    return f;
+  }
+  return best_f;
+}
+
+// pi <- the warm start: a valid 0/1 (partial) assignment is taken as is, anything else is rounded by a LAP
+// (partial: the pairs maximising sum (init - 1/2)).
+template <class Team, typename T>
+LVMMED_TEAM_FN void start_from_init(const Team& team, QAPSearch<T>& c, const T* init) {
+  const int N = c.g.N, M = c.g.M;
+  Best bad = no_best();
+  team.range(N, [&](index_t i) {
+    int ones = 0, col = -1;
+    for (int a = 0; a < M; ++a) {
+      const double v = qv(init, i * M + a);
+      if (v == 1.0) {
+        ++ones;
+        col = a;
+      } else if (v != 0.0) {
+        ones = 2;
+      }
+    }
+    if (ones > 1 || (ones == 0 && !c.partial && N <= M)) offer(bad, 1.0, 0);
+    c.pi[i] = col;
+  });
+  team.range(M, [&](index_t a) {
+    int ones = 0;
+    for (int i = 0; i < N; ++i) ones += qv(init, i * M + a) == 1.0;
+    if (ones > 1) offer(bad, 1.0, 0);
+  });
+  bad = team.argmax(bad);
+  if (bad.value > 0) {
+    const double shift = c.partial ? 0.5 : 0.0;
+    const auto score = [&](int i, int a) { return qv(init, static_cast<index_t>(i) * M + a) - shift; };
+    lap_assign(team, N, M, score, true, c.partial, c.lap, c.rows, c.pi);
+  }
+  team.sync();
+}
+
+template <class Team, typename T>
+LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, const T* init,
+                                 std::int64_t* out, std::uint64_t graph_id) {
+  const int N = c.g.N, M = c.g.M;
+  search_setup(team, c);
+  double best_f = -kInf;
+  team.range(N, [&](index_t i) { c.keep[i] = -1; });
+  team.sync();
+  if (plan.multistart || init == nullptr) {
+    const auto score = [&](int i, int a) { return c.U[static_cast<index_t>(i) * M + a]; };
+    lap_assign(team, N, M, score, true, c.partial, c.lap, c.rows, c.pi);
+    best_f = try_start(team, c, plan, best_f);
+  }
+  if (init != nullptr) {
+    start_from_init(team, c, init);
+    best_f = try_start(team, c, plan, best_f);
+  }
+  if (plan.multistart && plan.ga.steps > 0) {
+    softassign(team, c, plan.ga);
+    const index_t ldx = M + 1;
+    const auto from_x = [&](int i, int a) {
+      const double x = c.X[i * ldx + a];
+      return c.partial ? x - 0.5 * (c.X[i * ldx + M] + c.X[N * ldx + a]) : x;
+    };
+    if (plan.start_from_soft) {
+      lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
+      best_f = try_start(team, c, plan, best_f);
+    }
+    const auto from_s = [&](int i, int a) { return c.S[static_cast<index_t>(i) * M + a]; };
+    lap_assign(team, N, M, from_s, true, c.partial, c.lap, c.rows, c.pi);
+    best_f = try_start(team, c, plan, best_f);
+  }
+  if (plan.tabu_iters > 0) {
+    copy_ints(team, c.pi, c.keep, N);
+    set_inverse(team, c);
+    const double f = local_search(team, c, linearise(team, c), plan.tabu_iters, plan.tenure);
+    if (f > best_f + c.eps) {
+      best_f = f;
+      copy_ints(team, c.keep, c.pi, N);
+    }
+  }
+  for (int kick = 0; kick < plan.kicks; ++kick) {
+    copy_ints(team, c.pi, c.keep, N);
+    if (team.leader()) {  // kick_size random swaps of two rows (counter-based: the same for any thread count)
+      std::uint64_t state = mix64(plan.seed ^ mix64(graph_id * 0x100000001B3ull + static_cast<std::uint64_t>(kick)));
+      for (int s = 0; s < plan.kick_size && N > 1; ++s) {
+        state = mix64(state);
+        const int r = static_cast<int>(state % static_cast<std::uint64_t>(N));
+        state = mix64(state);
+        int q = static_cast<int>(state % static_cast<std::uint64_t>(N - 1));
+        q += q >= r;
+        const int t = c.pi[r];
+        c.pi[r] = c.pi[q];
+        c.pi[q] = t;
+      }
+    }
+    team.sync();
+    best_f = try_start(team, c, plan, best_f);
+  }
+  team.range(N, [&](index_t i) { out[i] = c.keep[i]; });
+  team.sync();
+}
+
+}  // namespace lvmmed::detail

@@ -1,0 +1,179 @@
+"""linear_assignment: exact against scipy and the brute-force reference, valid, deterministic, opcheck, errors."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lvmmed_ext
+from lvmmed_ext import reference
+
+linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment
+
+
+def scipy_value(score: torch.Tensor, maximize: bool, partial: bool) -> float:
+    """Optimal total score of one [N,M] problem; partial = a zero-score "unmatched" column per row."""
+    s = score.double().cpu().numpy()
+    if partial:
+        s = np.concatenate([s, np.zeros((s.shape[0], s.shape[0]))], 1)
+    r, c = linear_sum_assignment(s, maximize=maximize)
+    return float(s[r, c].sum())
+
+
+def assert_valid(X: torch.Tensor, partial: bool) -> None:
+    G, N, M = X.shape
+    assert ((X == 0) | (X == 1)).all()
+    assert (X.sum(2) <= 1).all() and (X.sum(1) <= 1).all()
+    if not partial:
+        assert (X.sum((1, 2)) == min(N, M)).all()
+
+
+def assert_optimal(X, S, maximize, partial, rtol=1e-9):
+    for g in range(S.shape[0]):
+        ours = float((X[g].double() * S[g].double()).sum())
+        best = scipy_value(S[g], maximize, partial)
+        assert abs(ours - best) <= rtol * (1 + abs(best)), (g, ours, best)
+
+
+@given(
+    shape=st.tuples(st.integers(0, 3), st.integers(0, 9), st.integers(0, 9)),
+    maximize=st.booleans(),
+    partial=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_scipy(shape, maximize, partial, dtype, seed):
+    S = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    X = lvmmed_ext.linear_assignment(S, maximize=maximize, partial=partial)
+    assert X.shape == S.shape and X.dtype == dtype
+    assert_valid(X, partial)
+    assert_optimal(X, S, maximize, partial, rtol=1e-9 if dtype == torch.float64 else 1e-5)
+
+
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(0, 5), st.integers(0, 5)),
+    maximize=st.booleans(),
+    partial=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_bruteforce_reference(shape, maximize, partial, seed):
+    S = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    X = lvmmed_ext.linear_assignment(S, maximize=maximize, partial=partial)
+    ref = reference.linear_assignment(S, maximize=maximize, partial=partial)
+    torch.testing.assert_close((X * S).sum((1, 2)), (ref * S).sum((1, 2)), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("N, M", [(64, 64), (100, 130), (130, 100), (200, 200)])
+def test_larger_problems_are_exact(N, M):
+    S = torch.randn(2, N, M, generator=torch.Generator().manual_seed(N + M), dtype=torch.float64)
+    for partial in (False, True):
+        X = lvmmed_ext.linear_assignment(S, partial=partial)
+        assert_valid(X, partial)
+        assert_optimal(X, S, True, partial)
+
+
+def test_ties_and_integer_scores():
+    gen = torch.Generator().manual_seed(3)
+    S = torch.randint(0, 3, (20, 12, 12), generator=gen).double()
+    for partial in (False, True):
+        X = lvmmed_ext.linear_assignment(S, maximize=False, partial=partial)
+        assert_valid(X, partial)
+        assert_optimal(X, S, False, partial)
+    X = lvmmed_ext.linear_assignment(torch.zeros(3, 5, 7))
+    assert_valid(X, False)
+
+
+def test_deterministic_across_runs_and_threads():
+    S = torch.randint(0, 4, (64, 16, 16), generator=torch.Generator().manual_seed(0)).float()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = lvmmed_ext.linear_assignment(S)
+        torch.set_num_threads(2)
+        b = lvmmed_ext.linear_assignment(S)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b) and torch.equal(a, lvmmed_ext.linear_assignment(S))
+
+
+def test_non_contiguous_and_half_precision():
+    S = torch.randn(2, 9, 7, dtype=torch.float64).transpose(1, 2)  # [2,7,9] strided
+    assert not S.is_contiguous()
+    assert_optimal(lvmmed_ext.linear_assignment(S), S, True, False)
+    Sb = torch.randn(3, 6, 6).to(torch.bfloat16)
+    Xb = lvmmed_ext.linear_assignment(Sb)
+    assert Xb.dtype == torch.bfloat16
+    assert_optimal(Xb.float(), Sb.float(), True, False, rtol=1e-6)
+
+
+def test_empty_shapes():
+    assert lvmmed_ext.linear_assignment(torch.randn(0, 3, 4)).shape == (0, 3, 4)
+    assert lvmmed_ext.linear_assignment(torch.randn(2, 0, 4)).shape == (2, 0, 4)
+    X = lvmmed_ext.linear_assignment(torch.randn(2, 3, 0))
+    assert X.shape == (2, 3, 0)
+
+
+def test_partial_leaves_unprofitable_pairs_unmatched():
+    S = torch.tensor([[[-1.0, 2.0], [-3.0, -4.0]]])
+    X = lvmmed_ext.linear_assignment(S, partial=True)
+    assert X.tolist() == [[[0.0, 1.0], [0.0, 0.0]]]
+    X = lvmmed_ext.linear_assignment(S, maximize=False, partial=True)
+    assert X.tolist() == [[[0.0, 0.0], [0.0, 1.0]]] or X.tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
+    assert float((X * S).sum()) == -5.0
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_opcheck(device, partial):
+    S = torch.randn(3, 4, 5, device=device)
+    torch.library.opcheck(torch.ops.lvmmed.linear_assignment.default, (S, True, partial))
+
+
+def test_torch_compile_fullgraph():
+    S = torch.randn(4, 6, 6)
+
+    def f(s):
+        return (lvmmed_ext.linear_assignment(s * 2.0) * s).sum()
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(S), f(S))
+
+
+@pytest.mark.parametrize(
+    "score, exc, match",
+    [
+        (torch.tensor([[[1.0, float("nan")]]]), ValueError, "score contains NaN or Inf"),
+        (torch.tensor([[[1.0, float("inf")]]]), ValueError, "score contains NaN or Inf"),
+        (torch.randn(3, 4), ValueError, r"score must be \[G,N,M\] \(3-D\), got shape \[3, 4\]"),
+        (torch.ones(1, 2, 2, dtype=torch.int64), TypeError, "floating-point dtype"),
+    ],
+)
+def test_errors(score, exc, match):
+    with pytest.raises(exc, match=match):
+        lvmmed_ext.linear_assignment(score)
+
+
+# ----------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(1, 1, 1), (500, 16, 16), (7, 33, 40), (5, 40, 33), (3, 256, 256), (2, 300, 700)])
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_exact_and_matches_cpu(shape, partial, dtype):
+    S = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    X = lvmmed_ext.linear_assignment(S.cuda(), partial=partial).cpu()
+    assert_valid(X, partial)
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(
+        (X.double() * S.double()).sum((1, 2)),
+        (lvmmed_ext.linear_assignment(S, partial=partial).double() * S.double()).sum((1, 2)),
+        atol=tol * shape[1],
+        rtol=tol,
+    )
+    assert_optimal(X[:3], S[:3], True, partial, rtol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_ties_are_deterministic():
+    S = torch.randint(0, 3, (1000, 16, 16), device="cuda").float()
+    a, b = lvmmed_ext.linear_assignment(S), lvmmed_ext.linear_assignment(S)
+    assert torch.equal(a, b)
+    assert_valid(a.cpu(), False)
