@@ -10,6 +10,8 @@ from ._loader import load_extension
 _C = load_extension()
 
 from . import reference  # noqa: E402
+from .imle import imle  # noqa: E402
+from .losses import LVMMedHead, gm_loss  # noqa: E402
 from .models.pretrained import load_pretrained  # noqa: E402
 from .ops import (  # noqa: E402
     edge_affinity,
@@ -26,3 +28,4 @@ __all__ = ["global_affinity", "reference", "__version__"]
 __all__ += ["edge_affinity", "knn_graph", "local_affinity", "vertex_affinity"]
 __all__ += ["load_pretrained"]
 __all__ += ["linear_assignment", "qap_objective", "solve_qap"]
+__all__ += ["imle", "gm_loss", "LVMMedHead"]

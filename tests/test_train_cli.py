@@ -1,6 +1,5 @@
 """The pretrain/export commands: bad input gives one clear line, a non-zero exit and writes nothing."""
 
-import importlib.util
 import json
 import os
 
@@ -101,16 +100,15 @@ def test_existing_run_is_not_overwritten(run, capsys):
     _fails_cleanly(capsys, ["pretrain", "--data", str(data), "--out", result.out, *TINY], "already holds a run", root)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lvmmed_ext.losses") is not None, reason="this build has the gm loss")
-def test_gm_loss_unavailable_is_one_line(run, tmp_path, capsys):
-    root, data, _ = run
-    err = _fails_cleanly(
-        capsys, ["pretrain", "--data", str(data), "--loss", "gm", "--out", str(tmp_path / "o")], "", root
-    )
-    assert err == (
-        "lvmmed pretrain: error: the gm loss is not available in this build (lvmmed_ext.losses.LVMMedHead is "
-        "missing); use --loss infonce"
-    )
+def test_pretrain_with_the_gm_loss(tmp_path):
+    data = make_image_folder(tmp_path / "data", n=8)
+    argv = ["pretrain", "--data", str(data), "--out", str(tmp_path / "gm"), *TINY]
+    argv[argv.index("infonce")] = "gm"
+    argv = argv[: argv.index("--head-opt")] + ["--head-opt", "graph_size=4", "--head-opt", "k=2",
+                                                 "--head-opt", "dim=8"]  # fmt: skip
+    assert lvmmed(argv) == 0
+    log = (tmp_path / "gm" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 2 and all("nan" not in line for line in log)
 
 
 def test_export_command(run, tmp_path, capsys):

@@ -99,7 +99,7 @@ def test_ddp_trainer_two_gloo_processes(ddp_run):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_single_process_gather_is_identity():
-    from lvmmed_ext.train.distributed import all_gather_with_grad
+    from lvmmed_ext.distributed import all_gather_with_grad
 
     x = torch.randn(3, 2)
     assert all_gather_with_grad(x) is x

@@ -7,7 +7,7 @@ Example:
 """
 
 from .checkpoint import export_backbone, load_checkpoint
-from .heads import Head, InfoNCEHead, build_head, head_available, info_nce, register_head
+from .heads import Head, InfoNCEHead, build_head, info_nce, register_head
 from .trainer import RunResult, SSLModel, TrainConfig, milestones, pretrain
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "TrainConfig",
     "build_head",
     "export_backbone",
-    "head_available",
     "info_nce",
     "load_checkpoint",
     "milestones",

@@ -13,20 +13,19 @@ scalar loss for one pair of views:
 Class attributes a head may set: ``needs_maps`` (default False) and ``symmetric`` (True when
 ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once).
 
-The graph-matching head is registered lazily as ``"gm"``: ``lvmmed_ext.losses.LVMMedHead(in_dim, **cfg)``.
+The graph-matching head is registered as ``"gm"``: ``lvmmed_ext.losses.LVMMedHead(in_dim, **cfg)``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import all_gather_with_grad, rank
 from ..errors import UsageError
-from .distributed import all_gather_with_grad, rank
 
 
 class HeadUnavailable(UsageError):
@@ -64,12 +63,12 @@ def build_head(name: str, in_dim: int, **cfg) -> nn.Module:
     """Build the loss head ``name`` for backbone features of width ``in_dim``.
 
     Args:
-        name: ``"infonce"``, ``"gm"`` (the graph-matching loss, when this build has it) or a registered name.
+        name: ``"gm"`` (the graph-matching loss, :class:`lvmmed_ext.LVMMedHead`), ``"infonce"`` or a registered name.
         in_dim: D, the backbone's pooled feature width.
         **cfg: head options (e.g. ``temperature=0.2`` for infonce).
 
     Raises:
-        HeadUnavailable (a ``UsageError``): unknown name, or ``"gm"`` in a build without ``lvmmed_ext.losses``.
+        HeadUnavailable (a ``UsageError``): unknown name.
 
     Example:
         >>> head = build_head("infonce", 512, hidden_dim=256, out_dim=64)
@@ -84,28 +83,11 @@ def build_head(name: str, in_dim: int, **cfg) -> nn.Module:
         raise UsageError(f"bad option for --loss {name}: {e}") from None
 
 
-def head_available(name: str) -> bool:
-    """Whether ``build_head(name, ...)`` can succeed here (``"gm"`` needs ``lvmmed_ext.losses.LVMMedHead``)."""
-    if name == "gm":
-        return _find_gm() is not None
-    return name in _HEADS
-
-
-def _find_gm():
-    if importlib.util.find_spec("lvmmed_ext.losses") is None:
-        return None
-    module = importlib.import_module("lvmmed_ext.losses")
-    return getattr(module, "LVMMedHead", None)
-
-
 @register_head("gm")
 def _build_gm(in_dim: int, **cfg) -> nn.Module:
-    cls = _find_gm()
-    if cls is None:
-        raise HeadUnavailable(
-            "the gm loss is not available in this build (lvmmed_ext.losses.LVMMedHead is missing); use --loss infonce"
-        )
-    return cls(in_dim, **cfg)
+    from ..losses import LVMMedHead
+
+    return LVMMedHead(in_dim, **cfg)
 
 
 def info_nce(z_s: Tensor, z_t: Tensor, temperature: float = 0.2, gather: bool = True) -> Tensor:

@@ -18,10 +18,10 @@ from ..data.datasets import ImageSet, PretrainDataset, StreamBatchSampler, colla
 from ..data.io import scan
 from ..data.presets import Preprocessing
 from ..data.views import MultiViewConfig, ViewConfig
+from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from ..errors import UsageError
 from ..models import backbone_state_dict, build_backbone, load_pretrained
 from . import checkpoint as ckpt_io
-from .distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from .heads import build_head
 from .progress import CsvLog, ProgressBar, TensorBoardLog, plot_loss
 

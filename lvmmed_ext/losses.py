@@ -1,0 +1,387 @@
+"""The LVM-Med graph-matching loss (gm_loss) and the LVMMedHead module (projector + GCN + gm_loss).
+
+Two views of a batch are cut into graphs of ``graph_size`` consecutive images; each view gets a kNN graph;
+vertex affinities (α·global cosine + (1−α)·local region-aware cost) and edge affinities (cosine of edge
+difference vectors, weighted by ``quad_weight``) define a QAP; its perturbed MAP matching is compared with the
+identity by the Hamming loss; gradients come from IMLE (see :mod:`lvmmed_ext.imle`). Spec: LVMMED_SPEC §1–2, §7.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .distributed import all_gather_with_grad, rank, world_size
+from .imle import imle
+from .noise import NOISE_KINDS
+
+_warned_remainder = False
+
+
+def _warn_remainder_once(B: int, graph_size: int) -> None:
+    global _warned_remainder
+    if not _warned_remainder:
+        _warned_remainder = True
+        warnings.warn(
+            f"gm_loss: batch of {B} is not a multiple of graph_size={graph_size}; the last {B % graph_size} "
+            "samples are ignored by the loss (warned once)",
+            stacklevel=3,
+        )
+
+
+def _check_args(z_s, z_t, graph_size, k, alpha, lam, noise, samples, quad_weight) -> None:
+    if z_s.dim() != 2 or z_t.dim() != 2:
+        raise ValueError(f"z_s and z_t must be [B,F], got {list(z_s.shape)} and {list(z_t.shape)}")
+    if z_s.shape != z_t.shape:
+        raise ValueError(
+            f"z_s and z_t (the two views) must have the same shape, got {list(z_s.shape)} and {list(z_t.shape)}"
+        )
+    if not (isinstance(graph_size, int) and graph_size >= 2):
+        raise ValueError(f"graph_size must be an integer >= 2, got {graph_size}")
+    if z_s.shape[0] < graph_size:
+        raise ValueError(f"the batch must hold at least one graph: B={z_s.shape[0]} < graph_size={graph_size}")
+    if not (isinstance(k, int) and 1 <= k <= graph_size - 1):
+        raise ValueError(f"k must be in [1, graph_size-1] = [1, {graph_size - 1}], got {k}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam}")
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+    if not (isinstance(samples, int) and samples >= 1):
+        raise ValueError(f"samples must be an integer >= 1, got {samples}")
+    if not (math.isfinite(quad_weight) and quad_weight >= 0):
+        raise ValueError(f"quad_weight must be a finite number >= 0, got {quad_weight}")
+    for name, z in (("z_s", z_s), ("z_t", z_t)):
+        if not bool(torch.isfinite(z.detach()).all()):
+            raise ValueError(f"{name} contains NaN or Inf values (embeddings of shape {list(z.shape)})")
+
+
+def own_graphs(tensors: list[Tensor | None], graph_size: int) -> tuple[list[Tensor | None], int, float]:
+    """Under torch.distributed: gather the per-rank batches (dim 0; equal sizes, gradients routed back to their
+    owners), cut the global batch into graphs and keep this rank's share (graphs r, r+W, ...).
+
+    Returns the kept rows per tensor, the world size W and the fraction of all graphs this rank holds. Without an
+    initialised process group (or with a single rank): the inputs, 1 and 1.0."""
+    world, me = world_size(), rank()
+    if world == 1:
+        return tensors, 1, 1.0
+    ref = next(t for t in tensors if t is not None)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=ref.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([ref.shape[0]], device=ref.device))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(f"gather across ranks needs equal per-rank batch sizes, got {[int(s) for s in sizes]}")
+    full = [None if t is None else all_gather_with_grad(t) for t in tensors]
+    G = ref.shape[0] * world // graph_size
+    if G < world:  # every rank sees the same G, so all of them raise together
+        raise ValueError(
+            f"the global batch of {ref.shape[0] * world} holds {G} graphs of {graph_size}, fewer than the "
+            f"{world} ranks: each rank needs at least one graph"
+        )
+    mine = list(range(me, G, world))
+    rows = torch.cat([torch.arange(g * graph_size, (g + 1) * graph_size) for g in mine]).to(ref.device)
+    kept = [None if t is None else t.index_select(0, rows) for t in full]
+    return kept, world, len(mine) / G
+
+
+@torch.compiler.disable
+def gm_loss(
+    z_s: Tensor,
+    z_t: Tensor,
+    *,
+    y_s: Tensor | None = None,
+    y_t: Tensor | None = None,
+    pos_s: Tensor | None = None,
+    pos_t: Tensor | None = None,
+    graph_size: int = 16,
+    k: int = 5,
+    alpha: float = 0.8,
+    lam: float = 80.0,
+    noise: str = "gumbel",
+    noise_scale: float = 1.0,
+    samples: int = 1,
+    quad_weight: float = 0.5,
+    partial: bool = False,
+    solver: str = "auto",
+    generator: torch.Generator | None = None,
+    return_matching: bool = False,
+    edges_s: Tensor | None = None,
+    edges_t: Tensor | None = None,
+    top_loc: int = 20,
+    top_feat: int | None = None,
+    margin: float = 0.0,
+    distributed: bool = False,
+):
+    """LVM-Med second-order graph-matching loss with a perturb-and-MAP (IMLE) gradient.
+
+    Args:
+        z_s, z_t: ``[B,F]`` node embeddings of the two views (already through projector/GNN); row b of both views
+            comes from the same image. Cut into ``B // graph_size`` graphs of consecutive rows (a remainder is
+            ignored, with a one-time warning).
+        y_s, y_t: optional ``[B,P,D]`` feature maps for the local (region-aware) affinity; read only if alpha < 1.
+        pos_s, pos_t: optional ``[B,P,2]`` cell centres in original-image coordinates (location matches).
+        graph_size: nodes per graph N (paper: 16). k: kNN neighbours per node, 1 <= k < graph_size (paper: 5).
+        alpha: weight of the global cosine affinity vs the local one (paper: 0.8; 1 disables the local term).
+        lam: IMLE step λ > 0 (paper: 80). noise, noise_scale, samples: perturbation (``lvmmed_ext.noise``).
+        quad_weight: weight of the edge affinities in the QAP (LVM-Med code: 0.5); 0 drops the second-order term
+            and the problem becomes a linear assignment (the paper's "w/o second-order" ablation).
+        partial: LPMP semantics (rows/columns may stay unmatched; affinities are offset by −0.5 so that a pair
+            below 0.5 is better left unmatched). Default: permutations, no offset (the paper).
+        solver: ``method`` of :func:`lvmmed_ext.solve_qap` ("auto" picks the fast default).
+        generator: a ``torch.Generator`` on the embeddings' device, for reproducible noise.
+        return_matching: also return the ``[G,N,N]`` matching (mean over samples).
+        edges_s, edges_t: optional int64 ``[G, N*k, 2]`` kNN edges to use instead of computing them from z
+            (LVMMedHead passes the graphs its GCN ran on).
+        top_loc, top_feat: selection sizes of the local affinity (``lvmmed_ext.local_affinity``).
+        margin: subtract this from the ground-truth (diagonal) affinities before solving: the "w/o Gumbel"
+            ablation's margin (use with noise="none").
+        distributed: under ``torch.distributed``, gather both views from all ranks so graphs span the global
+            batch; each rank solves its share of graphs and gradients reach each rank's own rows.
+
+    Returns:
+        Scalar loss: Hamming distance between the matching and the identity, summed per graph, mean over graphs
+        (and ``(loss, X)`` with ``return_matching``).
+
+    Example:
+        >>> z = torch.randn(32, 128)
+        >>> loss = gm_loss(z + 0.1 * torch.randn_like(z), z + 0.1 * torch.randn_like(z))  # 2 graphs of 16
+    """
+    _check_args(z_s, z_t, graph_size, k, alpha, lam, noise, samples, quad_weight)
+    use_local = alpha < 1.0 and y_s is not None and y_t is not None
+    maps = [y_s, y_t, pos_s, pos_t] if use_local else [None] * 4
+    (zs, zt, *maps), world, fraction = _graphs([z_s, z_t, *maps], graph_size, distributed)
+    loss, X = _matching_loss(
+        zs.float(),
+        zt.float(),
+        *maps,
+        edges_s,
+        edges_t,
+        k=k,
+        alpha=alpha,
+        lam=lam,
+        noise=noise,
+        noise_scale=noise_scale,
+        samples=samples,
+        quad_weight=quad_weight,
+        partial=partial,
+        solver=solver,
+        generator=generator,
+        top_loc=top_loc,
+        top_feat=top_feat,
+        margin=margin,
+        world=world,
+        fraction=fraction,
+    )
+    return (loss, X) if return_matching else loss
+
+
+def _graphs(tensors: list[Tensor | None], n: int, distributed: bool):
+    """Rows -> graphs of n consecutive rows (``[B,...]`` -> ``[G,n,...]``), after the all-rank gather when
+    ``distributed``; a remainder is dropped with a one-time warning. Returns (graphs, world, fraction)."""
+    world, fraction = 1, 1.0
+    if distributed:
+        tensors, world, fraction = own_graphs(tensors, n)
+    B = tensors[0].shape[0]
+    if B % n:
+        _warn_remainder_once(B, n)
+    G = B // n
+    return [None if t is None else t[: G * n].reshape(G, n, *t.shape[1:]) for t in tensors], world, fraction
+
+
+@torch.compiler.disable
+def _matching_loss(
+    zs,
+    zt,
+    ys,
+    yt,
+    ps,
+    pt,
+    edges_s,
+    edges_t,
+    *,
+    k,
+    alpha,
+    lam,
+    noise,
+    noise_scale,
+    samples,
+    quad_weight,
+    partial,
+    solver,
+    generator,
+    top_loc,
+    top_feat,
+    margin,
+    world,
+    fraction,
+):
+    """The loss on graphs ``zs, zt [G,n,F]`` (maps ``[G,n,P,D]``). With W ranks each holding a fraction of the
+    graphs, the rank's loss is W·fraction·(mean over its graphs), so the ranks' losses average to the global mean,
+    and IMLE runs with λ/W: its target step equals the single-process one on the global batch and its gradient is
+    W times the global one, which DDP's averaging over ranks brings back."""
+    from . import ops
+
+    n = zs.shape[1]
+    if edges_s is None:
+        edges_s = ops.knn_graph(zs.detach(), k)
+    if edges_t is None:
+        edges_t = ops.knn_graph(zt.detach(), k)
+    if ys is not None:
+        unary = ops.vertex_affinity(zs, zt, ys, yt, ps, pt, alpha=alpha, top_loc=top_loc, top_feat=top_feat)
+    else:
+        unary = ops.global_affinity(zs, zt)
+    eye = torch.eye(n, device=zs.device, dtype=unary.dtype)
+    if partial:
+        unary = unary - 0.5
+    if margin:
+        unary = unary - margin * eye
+    quad = None
+    if quad_weight > 0:
+        quad = ops.edge_affinity(zs, edges_s, zt, edges_t)
+        quad = quad_weight * ((quad - 0.5) if partial else quad)
+    with_quad = quad is not None
+    X = imle(
+        unary,
+        quad,
+        edges_s if with_quad else None,
+        edges_t if with_quad else None,
+        solver="qap" if with_quad else "lap",
+        lam=lam / world,
+        noise=noise,
+        noise_scale=noise_scale,
+        samples=samples,
+        generator=generator,
+        partial=partial,
+        **({"method": solver} if with_quad else {}),
+    )
+    hamming = (X * (1.0 - 2.0 * eye)).sum((1, 2)) + n  # Σ X(1−I) + I(1−X) per graph
+    return hamming.mean() * (world * fraction), X
+
+
+# gm_loss keyword options that LVMMedHead forwards, with gm_loss's defaults (read from its signature).
+_HEAD_LOSS_OPTIONS = {
+    name: p.default
+    for name, p in inspect.signature(gm_loss).parameters.items()
+    if name
+    in (
+        "lam",
+        "noise",
+        "noise_scale",
+        "samples",
+        "quad_weight",
+        "partial",
+        "solver",
+        "generator",
+        "top_loc",
+        "top_feat",
+        "margin",
+    )
+}
+
+
+class GCN(nn.Module):
+    """Graph convolution over each graph's kNN edges (Kipf & Welling): H ← Â H W with Â the symmetrically
+    normalised (A + Aᵀ > 0) + I; ReLU between layers, none after the last (LVMMED_SPEC §7.6)."""
+
+    def __init__(self, dim: int = 128, layers: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    @staticmethod
+    def normalized_adjacency(edges: Tensor, n: int, dtype=torch.float32) -> Tensor:
+        """int64 ``[G,E,2]`` edges -> ``[G,n,n]`` D^-1/2 (sym(A) + I) D^-1/2."""
+        G = edges.shape[0]
+        A = torch.zeros(G, n, n, device=edges.device, dtype=dtype)
+        g = torch.arange(G, device=edges.device)[:, None].expand_as(edges[..., 0])
+        A[g, edges[..., 0], edges[..., 1]] = 1.0
+        A = torch.maximum(A, A.transpose(1, 2)) + torch.eye(n, device=edges.device, dtype=dtype)
+        d = A.sum(-1).rsqrt()
+        return d[:, :, None] * A * d[:, None, :]
+
+    def forward(self, x: Tensor, edges: Tensor) -> Tensor:
+        """``x [G,n,F]``, ``edges [G,E,2]`` -> ``[G,n,F]``."""
+        adj = self.normalized_adjacency(edges, x.shape[1], x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = adj @ layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class LVMMedHead(nn.Module):
+    """Projector (``in_dim`` → ``dim``), a 2-layer GCN over each view's kNN graph, then :func:`gm_loss`.
+
+    ``forward(h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None) -> loss`` with h_* the pooled backbone
+    features ``[B,in_dim]`` of the two views, y_* the backbone feature maps ``[B,P,D]`` and pos_* their cell
+    centres ``[B,P,2]`` (read only when ``alpha < 1``; see ``needs_maps``). The kNN graphs are built on the
+    projector outputs (LVMMED_SPEC §1.3) and reused as the QAP's edges. Other keyword arguments are those of
+    :func:`gm_loss`. ``use_gnn=False`` skips message passing (the paper's "w/o message passing" ablation).
+    ``distributed=True`` forms graphs over the global batch of all ranks (see :func:`gm_loss`).
+
+    Example:
+        >>> head = LVMMedHead(in_dim=512)
+        >>> loss = head(torch.randn(32, 512), torch.randn(32, 512))
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 2048,
+        dim: int = 128,
+        *,
+        projector_hidden: int | None = None,
+        use_gnn: bool = True,
+        gnn_layers: int = 2,
+        graph_size: int = 16,
+        k: int = 5,
+        alpha: float = 0.8,
+        distributed: bool = False,
+        **loss_kwargs,
+    ):
+        super().__init__()
+        if projector_hidden:
+            self.projector = nn.Sequential(
+                nn.Linear(in_dim, projector_hidden),
+                nn.BatchNorm1d(projector_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(projector_hidden, dim),
+            )
+        else:
+            self.projector = nn.Linear(in_dim, dim)
+        self.gnn = GCN(dim, gnn_layers) if use_gnn else None
+        self.graph_size, self.k, self.alpha, self.distributed = graph_size, k, alpha, distributed
+        unknown = sorted(set(loss_kwargs) - set(_HEAD_LOSS_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"LVMMedHead got unknown options {unknown}; gm_loss options are {sorted(_HEAD_LOSS_OPTIONS)}"
+            )
+        self.loss_kwargs = {**_HEAD_LOSS_OPTIONS, **loss_kwargs}
+
+    symmetric = True  # swapping the views transposes the QAP: the trainer evaluates each pair of views once
+
+    @property
+    def needs_maps(self) -> bool:
+        return self.alpha < 1.0
+
+    def forward(self, h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
+        from .ops import knn_graph
+
+        kw = self.loss_kwargs
+        z_s, z_t = self.projector(h_s), self.projector(h_t)
+        _check_args(
+            z_s, z_t, self.graph_size, self.k, self.alpha, kw["lam"], kw["noise"], kw["samples"], kw["quad_weight"]
+        )
+        maps = [y_s, y_t, pos_s, pos_t] if self.needs_maps and y_s is not None else [None] * 4
+        (zs, zt, *maps), world, fraction = _graphs([z_s, z_t, *maps], self.graph_size, self.distributed)
+        zs, zt = zs.float(), zt.float()
+        es, et = knn_graph(zs.detach(), self.k), knn_graph(zt.detach(), self.k)
+        if self.gnn is not None:
+            zs, zt = self.gnn(zs, es), self.gnn(zt, et)
+        loss, _ = _matching_loss(
+            zs, zt, *maps, es, et, k=self.k, alpha=self.alpha, world=world, fraction=fraction, **kw
+        )
+        return loss
