@@ -1,5 +1,5 @@
-"""DDP on CPU with 2 gloo processes: the all-gathered InfoNCE gradient equals the single-process one, and the
-trainer runs under torchrun-style environment variables, writes one checkpoint and resumes exactly."""
+"""DDP on CPU with 2 gloo processes: the all-gathered InfoNCE and VICReg gradients equal the single-process ones,
+and the trainer runs under torchrun-style environment variables, writes one checkpoint and resumes exactly."""
 
 import os
 import socket
@@ -26,7 +26,7 @@ def _env(rank: int, port: int) -> None:
 
 
 def _gather_check(rank: int, out: str) -> None:
-    from lvmmed_ext.train import info_nce
+    from lvmmed_ext.train import info_nce, vicreg
 
     g = torch.Generator().manual_seed(0)
     z_s = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64)
@@ -35,7 +35,12 @@ def _gather_check(rank: int, out: str) -> None:
     a, b = z_s[mine].clone().requires_grad_(), z_t[mine].clone().requires_grad_()
     loss = info_nce(a, b, 0.3)
     loss.backward()
-    torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, os.path.join(out, f"gather{rank}.pt"))
+    result = {"loss": loss.detach(), "ga": a.grad, "gb": b.grad}
+    a, b = z_s[mine].clone().requires_grad_(), z_t[mine].clone().requires_grad_()
+    loss = vicreg(a, b)
+    loss.backward()
+    result.update(vicreg_loss=loss.detach(), vicreg_ga=a.grad, vicreg_gb=b.grad)
+    torch.save(result, os.path.join(out, f"gather{rank}.pt"))
 
 
 def _worker(rank: int, port: int, data: str, root: str) -> None:
@@ -80,6 +85,21 @@ def test_all_gather_negatives_give_the_full_batch_gradient(ddp_run):
     for r, p in enumerate(parts):
         torch.testing.assert_close(p["ga"] / WORLD, z_s.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(p["gb"] / WORLD, z_t.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
+
+
+def test_vicreg_statistics_over_the_global_batch(ddp_run):
+    from lvmmed_ext.train import vicreg
+
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(WORLD * 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    full = vicreg(z_s, z_t, gather=False)
+    full.backward()
+    parts = [torch.load(ddp_run / f"gather{r}.pt") for r in range(WORLD)]
+    for r, p in enumerate(parts):  # every rank computes the global loss; DDP's mean over ranks gives its gradient
+        torch.testing.assert_close(p["vicreg_loss"], full.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(p["vicreg_ga"] / WORLD, z_s.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(p["vicreg_gb"] / WORLD, z_t.grad[r * 3 : r * 3 + 3], rtol=1e-10, atol=1e-12)
 
 
 def test_ddp_trainer_two_gloo_processes(ddp_run):

@@ -1,5 +1,5 @@
-"""Loss heads: InfoNCE against a float64 loop reference (loss and gradient), the registry, the trainer's
-view pairing, the lr schedule."""
+"""Loss heads: InfoNCE and VICReg against float64 loop references (loss and gradient), the registry, the
+trainer's view pairing, the lr schedule."""
 
 import math
 
@@ -9,8 +9,8 @@ import torch
 from lvmmed_ext.errors import UsageError
 from lvmmed_ext.losses import LVMMedHead
 from lvmmed_ext.models import resnet18
-from lvmmed_ext.train import SSLModel, build_head, info_nce, milestones
-from lvmmed_ext.train.heads import Head, HeadUnavailable
+from lvmmed_ext.train import SSLModel, build_head, info_nce, milestones, vicreg
+from lvmmed_ext.train.heads import Head, HeadUnavailable, InfoNCEHead, VICRegHead
 
 
 def info_nce_loop_reference(z_s, z_t, tau):
@@ -70,8 +70,100 @@ def test_infonce_head_builds_and_trains():
         build_head("infonce", 16, colour="red")
 
 
+def test_info_nce_head_gradient_matches_reference_through_the_projector():
+    """The whole head (projector + loss) against the loop reference on the head's own embeddings, float64."""
+    torch.manual_seed(3)
+    head = InfoNCEHead(6, hidden_dim=5, out_dim=4, temperature=0.3).double()
+    h_s = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    h_t = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    ours = head(h_s, h_t)
+    g_ours = torch.autograd.grad(ours, (h_s, h_t, *head.parameters()))
+    z_s, z_t = head.projector(torch.cat([h_s, h_t])).split(5)
+    ref = info_nce_loop_reference(z_s, z_t, 0.3)
+    g_ref = torch.autograd.grad(ref, (h_s, h_t, *head.parameters()))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def vicreg_loop_reference(z_s, z_t, inv=25.0, var=25.0, cov=1.0, gamma=1.0, eps=1e-4):
+    """VICReg written entry by entry in float64 from the paper's definitions (Eq. 1-6, Algorithm 1)."""
+    z_s, z_t = z_s.double(), z_t.double()
+    n, f = z_s.shape
+    s = sum((z_s[i, j] - z_t[i, j]) ** 2 for i in range(n) for j in range(f)) / (n * f)
+
+    def v_and_c(z):
+        mean = [sum(z[i, j] for i in range(n)) / n for j in range(f)]
+        v = 0.0
+        for j in range(f):
+            var_j = sum((z[i, j] - mean[j]) ** 2 for i in range(n)) / (n - 1)
+            v = v + torch.clamp(gamma - torch.sqrt(var_j + eps), min=0.0)
+        c = 0.0
+        for a in range(f):
+            for b in range(f):
+                if a != b:
+                    c_ab = sum((z[i, a] - mean[a]) * (z[i, b] - mean[b]) for i in range(n)) / (n - 1)
+                    c = c + c_ab**2
+        return v / f, c / f
+
+    v_s, c_s = v_and_c(z_s)
+    v_t, c_t = v_and_c(z_t)
+    return inv * s + var * (v_s + v_t) + cov * (c_s + c_t)
+
+
+@pytest.mark.parametrize(
+    "n,f,scale,weights",
+    [(4, 3, 0.3, (25.0, 25.0, 1.0)), (6, 5, 2.0, (25.0, 25.0, 1.0)), (5, 4, 0.8, (1.0, 2.0, 3.0))],
+)
+def test_vicreg_matches_float64_reference_and_gradient(n, f, scale, weights):
+    # scale 0.3: every std below gamma (all hinges active); 2.0: none active; 0.8: a mix
+    g = torch.Generator().manual_seed(n * 10 + f)
+    z_s = (scale * torch.randn(n, f, generator=g, dtype=torch.float64)).requires_grad_()
+    z_t = (scale * torch.randn(n, f, generator=g, dtype=torch.float64)).requires_grad_()
+    inv, var, cov = weights
+    ours = vicreg(z_s, z_t, inv, var, cov)
+    ref = vicreg_loop_reference(z_s, z_t, inv, var, cov)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(torch.autograd.grad(ours, (z_s, z_t)), torch.autograd.grad(ref, (z_s, z_t))):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def test_vicreg_terms_gradcheck_and_float32():
+    z_s = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, c: vicreg(a, c), (z_s, z_t))
+    torch.testing.assert_close(vicreg(z_s.float(), z_t.float()).double(), vicreg(z_s, z_t), rtol=1e-5, atol=1e-5)
+    # each coefficient scales its own term: identical views -> no invariance term
+    z = z_s.detach()
+    torch.testing.assert_close(vicreg(z, z, inv_weight=1e6), vicreg(z, z, inv_weight=0.0))
+    # centred, decorrelated embeddings with every std above gamma cost nothing: columns 2.. of an orthonormal
+    # basis that starts with the all-ones direction, scaled to norm 4 (std 4 / sqrt(7) > 1)
+    basis = torch.cat([torch.ones(8, 1, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)], 1)
+    q = torch.linalg.qr(basis)[0][:, 1:] * 4
+    torch.testing.assert_close(vicreg(q, q), torch.zeros((), dtype=torch.float64), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match=r"at least 2 images"):
+        vicreg(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"must both be \[B, F\]"):
+        vicreg(torch.zeros(3, 2), torch.zeros(2, 2))
+
+
+def test_vicreg_head_builds_and_trains():
+    head = build_head("vicreg", 16, hidden_dim=8, out_dim=6)
+    assert isinstance(head, VICRegHead) and head.symmetric and not head.needs_maps
+    linears = [m for m in head.expander if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 8), (8, 8), (8, 6)]
+    h = torch.randn(6, 16, requires_grad=True)
+    loss = head(h, h + 0.1)
+    loss.backward()
+    assert loss.shape == () and h.grad is not None and all(p.grad is not None for p in head.parameters())
+    with pytest.raises(UsageError, match="vicreg weights must be >= 0"):
+        build_head("vicreg", 16, cov_weight=-1)
+    with pytest.raises(UsageError, match="bad option for --loss vicreg"):
+        build_head("vicreg", 16, temperature=0.1)
+
+
 def test_registry_and_gm_entry():
-    with pytest.raises(HeadUnavailable, match="unknown --loss 'nope'; available: gm, infonce"):
+    with pytest.raises(HeadUnavailable, match="unknown --loss 'nope'; available: gm, infonce, vicreg"):
         build_head("nope", 8)
     head = build_head("gm", 8, dim=8, graph_size=4, k=2)
     assert isinstance(head, LVMMedHead) and head.symmetric and head.needs_maps

@@ -7,7 +7,7 @@ Example:
 """
 
 from .checkpoint import export_backbone, load_checkpoint
-from .heads import Head, InfoNCEHead, build_head, info_nce, register_head
+from .heads import Head, InfoNCEHead, VICRegHead, build_head, info_nce, register_head, vicreg
 from .trainer import RunResult, SSLModel, TrainConfig, milestones, pretrain
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "RunResult",
     "SSLModel",
     "TrainConfig",
+    "VICRegHead",
     "build_head",
     "export_backbone",
     "info_nce",
@@ -23,4 +24,5 @@ __all__ = [
     "milestones",
     "pretrain",
     "register_head",
+    "vicreg",
 ]
