@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import os
 import sys
 import time
 
 from ..data.presets import PRESET_HELP, PRESETS, Preprocessing
 from ..errors import UsageError
+from ..losses import LVMMedHead, gm_loss
 from ..models import BACKBONES
+from ..noise import NOISE_KINDS
 from .heads import head_names
 
 # The demo: ResNet-18 on 96-px views of the offline images, sized to finish pretraining + evaluation in a few
@@ -26,7 +29,69 @@ DEMO = {
 }
 # Demo head options per loss. gm: Gumbel noise of scale 0.1 (the authors' code used 0.05; the paper's 1.0 drowns
 # cosine affinities in [-1, 1] on a run this short).
-DEMO_HEAD_OPTS = {"infonce": {"hidden_dim": 512, "out_dim": 128}, "gm": {"noise_scale": 0.1}}
+DEMO_HEAD_OPTS = {
+    "infonce": {"hidden_dim": 512, "out_dim": 128},
+    "gm": {"noise_scale": 0.1},
+    "vicreg": {"hidden_dim": 512, "out_dim": 512},
+}
+
+# Options of the gm head with a flag of their own; each flag only sets the head option of the same name (one
+# mechanism with --head-opt). Defaults are not repeated here: they are read from gm_loss's / LVMMedHead's
+# signatures. (flag, head option, argparse keywords, help)
+GM_FLAGS = (
+    ("--graph-size", "graph_size", {"type": int}, "images per graph N"),
+    ("--k", "k", {"type": int}, "kNN neighbours per image in each view's graph"),
+    ("--alpha", "alpha", {"type": float}, "vertex affinity = alpha x global cosine + (1 - alpha) x local term"),
+    ("--lam", "lam", {"type": float}, "IMLE step lambda"),
+    ("--noise", "noise", {"choices": NOISE_KINDS}, "perturbation of the matching scores"),
+    ("--noise-scale", "noise_scale", {"type": float}, "noise scale (temperature)"),
+    ("--samples", "samples", {"type": int}, "noise samples per graph, solved in one batch"),
+    ("--margin", "margin", {"type": float}, "subtracted from the ground-truth (diagonal) affinities before "
+     "solving; with --noise none this is the paper's 'w/o Gumbel noise' ablation"),
+)  # fmt: skip
+# The paper's Table 6 switches: (flag, head option, value it sets, help)
+GM_SWITCHES = (
+    ("--no-edge-term", "quad_weight", 0.0, "first-order matching: no edge affinities, a linear assignment "
+     "instead of the QAP (Table 6 'w/o second-order')"),
+    ("--no-local-term", "alpha", 1.0, "global cosine affinity only (alpha = 1): no feature maps are computed "
+     "(Table 6 'w/o local similarity')"),
+    ("--no-gnn", "use_gnn", False, "no message passing: the projector's embeddings go straight to the "
+     "affinities (Table 6 'w/o message passing')"),
+)  # fmt: skip
+
+
+def gm_defaults() -> dict:
+    """The gm head's default options: ``gm_loss``'s keyword defaults plus ``LVMMedHead``'s own."""
+    out = {}
+    for fn in (gm_loss, LVMMedHead.__init__):
+        for name, p in inspect.signature(fn).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                out.setdefault(name, p.default)
+    return out
+
+
+def _flag_dest(flag: str) -> str:
+    return "gm_" + flag.lstrip("-").replace("-", "_")
+
+
+def _given_gm_flags(args: argparse.Namespace) -> list[tuple[str, str, object]]:
+    """(flag, head option, value) of each gm flag given on the command line."""
+    given = [(f, key, getattr(args, _flag_dest(f))) for f, key, _, _ in GM_FLAGS if hasattr(args, _flag_dest(f))]
+    return given + [(f, key, value) for f, key, value, _ in GM_SWITCHES if getattr(args, _flag_dest(f), False)]
+
+
+def gm_flag_options(args: argparse.Namespace) -> dict:
+    """The gm head options that the gm flags given on the command line set (flags not given set nothing).
+
+    Raises ``UsageError`` when two flags set one option to different values (``--no-local-term --alpha 0.5``)."""
+    opts: dict = {}
+    source: dict = {}
+    for flag, key, value in _given_gm_flags(args):
+        if key in opts and opts[key] != value:
+            raise UsageError(f"{flag} sets {key} = {value!r} but {source[key]} sets it to {opts[key]!r}")
+        opts[key], source[key] = value, flag
+    return opts
+
 
 _PREP_KEYS = ("preset", "window", "percentiles", "in_chans", "max_side", "axis")
 
@@ -41,18 +106,37 @@ def _head_opt(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lvmmed pretrain",
-        description="Self-supervised pretraining of a backbone on a folder of medical images (PNG/JPEG/TIFF, "
-        "DICOM incl. multi-frame, NIfTI sliced along --axis), or on the offline demo images (--demo). Writes "
-        "checkpoint.pt, log.csv, loss.png, config.json and the exported backbone.pth/.json to --out.",
-    )
+def parser(ablate: bool = False) -> argparse.ArgumentParser:
+    """The ``lvmmed pretrain`` options; with ``ablate`` the shared options of ``lvmmed ablate`` (no --loss,
+    --head-opt, --resume, --no-eval: the loss and its options come from each configuration)."""
+    if ablate:
+        p = argparse.ArgumentParser(
+            prog="lvmmed ablate",
+            description="Pretrain one backbone per configuration (the gm loss, its Table 6 ablations, InfoNCE, "
+            "VICReg) with the same data, views, optimiser, seed and budget, evaluate each with the linear probe and "
+            "kNN on labelled data, and write a Markdown table and a bar chart. Options below set what all "
+            "configurations share; the gm flags set every gm configuration's base options.",
+        )
+    else:
+        p = argparse.ArgumentParser(
+            prog="lvmmed pretrain",
+            description="Self-supervised pretraining of a backbone on a folder of medical images (PNG/JPEG/TIFF, "
+            "DICOM incl. multi-frame, NIfTI sliced along --axis), or on the offline demo images (--demo). Writes "
+            "checkpoint.pt, log.csv, loss.png, config.json and the exported backbone.pth/.json to --out.",
+        )
     S = argparse.SUPPRESS  # options left out keep the default, the demo's value, or the resumed checkpoint's
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
-    g.add_argument("--demo", action="store_true", help="real medical images from installed packages (nilearn, "
-                   "pydicom-data, nibabel), ResNet-18, then a linear-probe/kNN evaluation vs random init")  # fmt: skip
+    if ablate:
+        g.add_argument("--demo", action="store_true", help="the offline demo images (those of lvmmed pretrain "
+                       "--demo), a shorter budget, and the demo's MNI152 tissue task as --eval-data")  # fmt: skip
+    else:
+        g.add_argument(
+            "--demo",
+            action="store_true",
+            help="real medical images from installed packages (nilearn, "
+            "pydicom-data, nibabel), ResNet-18, then a linear-probe/kNN evaluation vs random init",
+        )
     g.add_argument(
         "--preset",
         choices=PRESETS,
@@ -75,14 +159,27 @@ def parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model and loss")
     m.add_argument("--arch", choices=sorted(BACKBONES), default=S, help="backbone (resnet50)")
     m.add_argument("--width", type=int, default=S, help="ResNet base width (64 = torchvision)")
-    m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm)")
-    m.add_argument("--head-opt", type=_head_opt, action="append", default=S, metavar="KEY=VALUE",
-                   help="loss-head option, repeatable (e.g. temperature=0.1)")  # fmt: skip
+    if not ablate:
+        m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm)")
+        m.add_argument("--head-opt", type=_head_opt, action="append", default=S, metavar="KEY=VALUE",
+                       help="loss-head option, repeatable (e.g. temperature=0.1)")  # fmt: skip
     m.add_argument(
         "--init",
         default=S,
         help="initial backbone weights (e.g. torchvision ImageNet .pth; 3->1 channel stems are summed)",
     )
+    gm = p.add_argument_group(
+        "graph-matching loss (--loss gm)",
+        "each flag sets the gm head option of the same name (as --head-opt KEY=VALUE would); default in brackets",
+    )
+    defaults = gm_defaults()
+    for flag, key, kwargs, help_ in GM_FLAGS:
+        kwargs = {"metavar": key.upper(), **kwargs} if "choices" not in kwargs else kwargs
+        gm.add_argument(flag, dest=_flag_dest(flag), default=S, help=f"{help_} [{key}={defaults[key]!r}]", **kwargs)
+    for flag, key, value, help_ in GM_SWITCHES:
+        gm.add_argument(
+            flag, dest=_flag_dest(flag), action="store_true", default=S, help=f"{help_} [sets {key}={value!r}]"
+        )
     v = p.add_argument_group("views")
     v.add_argument("--image-size", type=int, default=S, help="global view side in pixels (224)")
     v.add_argument("--crop-scale", type=float, nargs=2, default=S, help="global crop area range (0.4 1.0)")
@@ -105,10 +202,16 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (auto)")
     o.add_argument("--seed", type=int, default=S, help="initialisation, data order and augmentation seed (0)")
     r = p.add_argument_group("outputs")
-    r.add_argument("--out", default=S, help="run folder (default runs/pretrain-<time>, runs/demo-<time>)")
+    if ablate:
+        r.add_argument("--out", default=S, help="output folder (default runs/ablate-<time>); an existing one is "
+                       "continued: finished configurations are reused, interrupted ones resumed")  # fmt: skip
+    else:
+        r.add_argument("--out", default=S, help="run folder (default runs/pretrain-<time>, runs/demo-<time>)")
     r.add_argument("--ckpt-every", type=int, default=S, help="checkpoint every N optimizer steps (500)")
-    r.add_argument("--resume", default=None, metavar="CKPT", help="continue a run from its checkpoint.pt or run folder")
-    r.add_argument("--no-eval", action="store_true", help="with --demo: skip the evaluation")
+    if not ablate:
+        r.add_argument("--resume", default=None, metavar="CKPT",
+                       help="continue a run from its checkpoint.pt or run folder")  # fmt: skip
+        r.add_argument("--no-eval", action="store_true", help="with --demo: skip the evaluation")
     return p
 
 
@@ -117,7 +220,15 @@ def build_config(args: argparse.Namespace, saved: dict | None):
     settings, the options given on the command line."""
     from .trainer import TrainConfig
 
-    given = {k: v for k, v in vars(args).items() if k not in ("demo", "resume", "no_eval", "head_opt")}
+    fields = set(TrainConfig.__dataclass_fields__) | set(_PREP_KEYS)
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    flag_opts = gm_flag_options(args)
+    head_opt = dict(getattr(args, "head_opt", []))
+    for key, value in flag_opts.items():
+        if key in head_opt and head_opt[key] != value:
+            raise UsageError(
+                f"--head-opt {key}={head_opt[key]!r} conflicts with the gm flag that sets {key} = {value!r}"
+            )
     merged: dict = {}
     if args.demo:
         merged.update(DEMO, data="demo")
@@ -125,8 +236,11 @@ def build_config(args: argparse.Namespace, saved: dict | None):
         merged.update(TrainConfig.from_json(saved["config"]).to_json())
         merged.update(merged.pop("preprocessing"))
     merged.update(given)
-    if "head_opt" in vars(args):  # options add to (and override) the demo's / checkpoint's head options
-        merged["head_opts"] = {**merged.get("head_opts", {}), **dict(args.head_opt)}
+    if head_opt or flag_opts:  # options add to (and override) the demo's / checkpoint's head options
+        merged["head_opts"] = {**merged.get("head_opts", {}), **head_opt, **flag_opts}
+    if flag_opts and merged.get("loss", "gm") != "gm":
+        flags = ", ".join(flag for flag, _, _ in _given_gm_flags(args))
+        raise UsageError(f"{flags}: graph-matching options apply to --loss gm, not --loss {merged['loss']}")
     prep_kwargs = {k: merged.pop(k) for k in _PREP_KEYS if k in merged}
     for key in ("mean", "std"):
         merged.pop(key, None)
@@ -199,23 +313,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_TASK = "MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel"
+
+
+def demo_task(task_dir: str, seed: int, prep: Preprocessing):
+    """The demo's labelled MNI152 tissue task, built in ``task_dir`` and loaded with ``prep`` as a
+    ``LabelledData``; None (after a notice) when nilearn is not installed."""
+    from ..data.demo import mni152_tissue_task
+    from ..eval.probe import load_labelled
+
+    try:
+        csv_path = mni152_tissue_task(task_dir, seed=seed)
+    except UsageError as e:
+        print(f"notice: demo evaluation skipped: {e}")
+        return None
+    return load_labelled(csv_path, prep)
+
+
 def _demo_eval(cfg, result) -> list[str]:
     """Linear probe and kNN of the pretrained backbone vs the same architecture at random init on the MNI152
     tissue task; prints a comparison table and returns lines for the output summary."""
     import torch
 
-    from ..data.demo import mni152_tissue_task
     from ..eval.cli import evaluate
-    from ..eval.probe import load_labelled
 
     t0 = time.perf_counter()
     task_dir = os.path.join(result.out, "eval_mni152_tissue")
-    try:
-        csv_path = mni152_tissue_task(task_dir, seed=cfg.seed)
-    except UsageError as e:
-        print(f"notice: demo evaluation skipped: {e}")
+    data = demo_task(task_dir, cfg.seed, cfg.preprocessing)
+    if data is None:
         return []
-    data = load_labelled(csv_path, cfg.preprocessing)
     workers = 0
     methods = ["linear-probe", "knn"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -248,7 +374,7 @@ def _demo_eval(cfg, result) -> list[str]:
     first = runs["pretrained"]
     r0 = first["results"]["linear-probe"]
     print(
-        f"evaluation: MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel, "
+        f"evaluation: {DEMO_TASK}, "
         f"{r0['n_train']} train / {r0['n_test']} test patches from held-out axial slabs "
         f"({time.perf_counter() - t0:.0f} s)"
     )
