@@ -12,6 +12,10 @@ COMMANDS = {
     "pretrain": ("lvmmed_ext.train.cli", "self-supervised pretraining on a folder of images, or --demo"),
     "export": ("lvmmed_ext.train.export", "backbone of a checkpoint -> torchvision-style .pth + preprocessing .json"),
     "eval": ("lvmmed_ext.eval.cli", "linear-probe / kNN evaluation of frozen features on labelled images"),
+    "ablate": (
+        "lvmmed_ext.train.ablate",
+        "gm ablations (paper Table 6) + InfoNCE/VICReg: same budget, probe + kNN table",
+    ),
 }
 
 

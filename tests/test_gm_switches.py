@@ -247,3 +247,22 @@ def test_flags_combine_with_head_opt_and_the_demo_and_refuse_conflicts():
         _cfg("--head-opt", "alpha=0.3", "--alpha", "0.5")
     with pytest.raises(UsageError, match="--samples, --no-gnn: graph-matching options apply to --loss gm, not --loss"):
         _cfg("--loss", "infonce", "--no-gnn", "--samples", "2")
+
+
+def test_pretrain_command_records_the_switches(tmp_path):
+    from train_utils import make_image_folder
+
+    from lvmmed_ext.cli import main as lvmmed
+
+    data = make_image_folder(tmp_path / "data", n=8)
+    out = tmp_path / "run"
+    argv = ["pretrain", "--data", str(data), "--out", str(out), "--arch", "resnet18", "--width", "4",
+            "--image-size", "32", "--batch-size", "8", "--steps", "2", "--workers", "0", "--max-side", "64",
+            "--loss", "gm", "--no-edge-term", "--no-gnn", "--noise", "none", "--margin", "1", "--graph-size", "4",
+            "--k", "2"]  # fmt: skip
+    assert lvmmed(argv) == 0
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["config"]["head_opts"] == {
+        "quad_weight": 0.0, "use_gnn": False, "noise": "none", "margin": 1.0, "graph_size": 4, "k": 2
+    }  # fmt: skip
+    assert not any(k.startswith("gnn.") for k in saved["head"])
