@@ -144,3 +144,19 @@ def test_help_lists_configurations_and_switches(capsys):
     squeezed = "".join(text.split())  # argparse wraps long help at hyphens
     assert all(name in squeezed for name in VARIANTS) and "--no-edge-term" in text and "--eval-data" in text
     assert "\n  --loss " not in text and "\n  --resume " not in text  # the loss comes from each configuration
+
+
+@pytest.mark.slow
+def test_demo_path_on_one_step(tmp_path, capsys):
+    """The --demo wiring (demo images, half-width ResNet-18, the MNI152 tissue task), cut to 1 step (~15 s)."""
+    from lvmmed_ext.data.demo import mni152_paths
+
+    if mni152_paths() is None:
+        pytest.skip("nilearn is not installed")
+    out = tmp_path / "demo"
+    argv = ["ablate", "--demo", "--steps", "1", "--batch-size", "16", "--configs", "gm-no-local", "--eval-l2", "0.1",
+            "--out", str(out)]  # fmt: skip
+    assert lvmmed(argv) == 0
+    table = (out / "ablation.md").read_text()
+    assert "demo, resnet18 (width 32), 96 px views" in table and "3 classes: csf, grey_matter, white_matter" in table
+    assert "| gm-no-local | gm | alpha=1.0, noise_scale=0.1 |" in table  # the demo's gm options + the variant's
