@@ -28,13 +28,14 @@ QAPInputs<T> inputs_of(const QAPTensors& p) {
   return in;
 }
 
-at::Tensor lap_cpu(const at::Tensor& score, bool maximize, bool partial) {
+at::Tensor lap_cpu(const at::Tensor& score, bool maximize, bool partial, const at::Tensor& duals) {
   const LapShape s{score.size(0), score.size(1), score.size(2)};
   auto assign = at::empty({s.G, s.N}, score.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(score.scalar_type(), "linear_assignment_cpu", [&] {
     at::parallel_for(0, s.G, graph_grain(s.N * s.M * std::max(s.N, s.M)), [&](int64_t b, int64_t e) {
       cpu::linear_assignment<scalar_t>(score.const_data_ptr<scalar_t>(), assign.mutable_data_ptr<int64_t>(), s,
-                                       maximize, partial, b, e);
+                                       maximize, partial, duals.defined() ? duals.mutable_data_ptr<double>() : nullptr,
+                                       b, e);
     });
   });
   return assign;
@@ -110,7 +111,8 @@ const QAPBackend& cpu_backend() {
 
 at::Tensor linear_assignment_op(const at::Tensor& score, bool maximize, bool partial) {
   const auto s = validate_linear_assignment(score);
-  return assignment_matrix(lap_cpu(cpu_compute_input(score), maximize, partial), s.M, score.scalar_type());
+  return assignment_matrix(lap_cpu(cpu_compute_input(score), maximize, partial, at::Tensor()), s.M,
+                           score.scalar_type());
 }
 
 at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>& quad,
