@@ -188,9 +188,10 @@ def qap_objective(
     the objective :func:`solve_qap` maximises (inputs as there; ``X [G, N, M]`` like ``unary``).
 
     Returns:
-        ``[G]`` in the dtype of ``unary``, accumulated in float64 per graph on the CPU (float32 for float32 on CUDA
-        products). Differentiable in ``X``, ``unary``, ``quad``, ``A`` and ``B`` (not in the edge indices).
-        NaN/Inf in the inputs propagate.
+        ``[G]`` in the dtype of ``unary`` (float16/bfloat16 computed in float32): the unary and edge terms are
+        accumulated in float64, the dense ``A``/``B`` term by batched matrix products in the compute dtype.
+        Differentiable in ``X``, ``unary``, ``quad``, ``A`` and ``B`` (not in the edge indices); the gradient is a
+        separate op (``qap_objective_backward``). NaN/Inf in the inputs propagate. CPU and CUDA.
 
     Example:
         >>> import torch, lvmmed_ext
