@@ -274,7 +274,7 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
     const at::Tensor f2 = qap_objective_with(be, assignment_matrix(a2, s.M, dt), p2).view({2, s.G});
     const at::Tensor a = a2.view({2, s.G, s.N});
     assign = at::where((f2[0] >= f2[1]).view({s.G, 1}), a[0], a[1]);
-    assign = polish(be, p, assign, partial, std::max<int64_t>(s.N / 8, 8));
+    assign = polish(be, p, assign, partial, std::max<int64_t>(s.N / 2, 8));
   } else if (method == "faq") {
     at::Tensor X = x0.has_value() ? *x0 : at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(s.M), p.unary.options());
     X = frank_wolfe(be, p, X, partial, iters(def.faq_iters), def.faq_tol);
