@@ -971,7 +971,6 @@ LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const Softassi
 
 struct SearchPlan {
   bool multistart;
-  bool start_from_soft;  // besides LAP(gradient at the softassign X), start from LAP(X) itself
   SoftassignOptions ga;
   int tabu_iters, tenure, kicks, kick_size;
   index_t max_descent;
@@ -989,7 +988,6 @@ LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
 inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t M) {
   SearchPlan p;
   p.multistart = o.multistart;
-  p.start_from_soft = true;
   p.ga = {o.multistart ? o.ga_steps : 0, o.sinkhorn_iters, 2.0, 40.0};
   p.tabu_iters = o.tabu_iters;
   p.tenure = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 4, 2), 10));
@@ -997,13 +995,6 @@ inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t
   p.kick_size = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 8, 2), 8));
   p.max_descent = o.max_descent > 0 ? o.max_descent : 16 * N * (M + 1) + 64;
   p.seed = o.seed;
-#ifdef LVMMED_TUNING
-  if (getenv("B0")) p.ga.beta0 = atof(getenv("B0"));
-  if (getenv("B1")) p.ga.beta1 = atof(getenv("B1"));
-  if (getenv("TEN")) p.tenure = atoi(getenv("TEN"));
-  if (getenv("KSZ")) p.kick_size = atoi(getenv("KSZ"));
-  if (getenv("NOX")) p.start_from_soft = false;
-#endif
   return p;
 }
 
@@ -1081,10 +1072,8 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
       const double x = c.X[i * ldx + a];
       return c.partial ? x - 0.5 * (c.X[i * ldx + M] + c.X[N * ldx + a]) : x;
     };
-    if (plan.start_from_soft) {
-      lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
-      best_f = try_start(team, c, plan, best_f, state_is_keep);
-    }
+    lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
     const auto from_s = [&](int i, int a) { return c.S[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, from_s, true, c.partial, c.lap, c.rows, c.pi);
     best_f = try_start(team, c, plan, best_f, state_is_keep);
