@@ -155,10 +155,11 @@ def solve_qap(
 
 
 def _bruteforce(unary, quad, edges_s, edges_t, A, B, partial) -> Tensor:
-    # shapes and values are validated by the compiled objective (it raises the same errors as solve_qap)
+    # shapes, dtypes and edge indices are validated by the compiled objective (the same errors as solve_qap)
     _lib.qap_objective.default(unary.new_zeros(unary.shape), unary, quad, edges_s, edges_t, A, B)
-    if not torch.isfinite(unary).all() or (quad is not None and not torch.isfinite(quad).all()):
-        raise ValueError("unary and quad must be finite for method='bruteforce'")
+    for name, t in (("unary", unary), ("quad", quad), ("A", A), ("B", B)):
+        if t is not None and not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
     G, N, M = unary.shape
     if not partial and N > M:
         raise ValueError(f"partial=False matches every row, so it needs N <= M, got N = {N} > M = {M}")
