@@ -155,10 +155,11 @@ def solve_qap(
 
 
 def _bruteforce(unary, quad, edges_s, edges_t, A, B, partial) -> Tensor:
-    # shapes and values are validated by the compiled objective (it raises the same errors as solve_qap)
+    # shapes, dtypes and edge indices are validated by the compiled objective (the same errors as solve_qap)
     _lib.qap_objective.default(unary.new_zeros(unary.shape), unary, quad, edges_s, edges_t, A, B)
-    if not torch.isfinite(unary).all() or (quad is not None and not torch.isfinite(quad).all()):
-        raise ValueError("unary and quad must be finite for method='bruteforce'")
+    for name, t in (("unary", unary), ("quad", quad), ("A", A), ("B", B)):
+        if t is not None and not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
     G, N, M = unary.shape
     if not partial and N > M:
         raise ValueError(f"partial=False matches every row, so it needs N <= M, got N = {N} > M = {M}")
@@ -188,9 +189,10 @@ def qap_objective(
     the objective :func:`solve_qap` maximises (inputs as there; ``X [G, N, M]`` like ``unary``).
 
     Returns:
-        ``[G]`` in the dtype of ``unary``, accumulated in float64 per graph on the CPU (float32 for float32 on CUDA
-        products). Differentiable in ``X``, ``unary``, ``quad``, ``A`` and ``B`` (not in the edge indices).
-        NaN/Inf in the inputs propagate.
+        ``[G]`` in the dtype of ``unary`` (float16/bfloat16 computed in float32): the unary and edge terms are
+        accumulated in float64, the dense ``A``/``B`` term by batched matrix products in the compute dtype.
+        Differentiable in ``X``, ``unary``, ``quad``, ``A`` and ``B`` (not in the edge indices); the gradient is a
+        separate op (``qap_objective_backward``). NaN/Inf in the inputs propagate. CPU and CUDA.
 
     Example:
         >>> import torch, lvmmed_ext

@@ -4,6 +4,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "cpu_glue.h"
 #include "lvmmed/qap.h"
 #include "qap_pipeline.h"
@@ -11,6 +14,21 @@
 
 namespace lvmmed::glue {
 namespace {
+
+// Graphs [0, G) in chunks handed out dynamically to torch's threads: a thread slowed down by other load on the
+// machine takes fewer chunks instead of holding up the batch (results do not depend on which thread runs a graph).
+template <typename F>
+void for_graphs_dynamic(int64_t G, int64_t chunk, const F& f) {
+  const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (G + chunk - 1) / chunk);
+  if (tasks <= 1) {
+    if (G > 0) f(0, G);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t b = next.fetch_add(chunk); b < G; b = next.fetch_add(chunk)) f(b, std::min(G, b + chunk));
+  });
+}
 
 template <typename T>
 QAPInputs<T> inputs_of(const QAPTensors& p) {
@@ -28,13 +46,15 @@ QAPInputs<T> inputs_of(const QAPTensors& p) {
   return in;
 }
 
-at::Tensor lap_cpu(const at::Tensor& score, bool maximize, bool partial) {
+at::Tensor lap_cpu(const at::Tensor& score, bool maximize, bool partial, const at::Tensor& duals) {
   const LapShape s{score.size(0), score.size(1), score.size(2)};
   auto assign = at::empty({s.G, s.N}, score.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(score.scalar_type(), "linear_assignment_cpu", [&] {
-    at::parallel_for(0, s.G, graph_grain(s.N * s.M * std::max(s.N, s.M)), [&](int64_t b, int64_t e) {
+    const int64_t grain = graph_grain(s.N * s.M * std::max(s.N, s.M));
+    for_graphs_dynamic(s.G, grain, [&](int64_t b, int64_t e) {
       cpu::linear_assignment<scalar_t>(score.const_data_ptr<scalar_t>(), assign.mutable_data_ptr<int64_t>(), s,
-                                       maximize, partial, b, e);
+                                       maximize, partial, duals.defined() ? duals.mutable_data_ptr<double>() : nullptr,
+                                       b, e);
     });
   });
   return assign;
@@ -45,7 +65,7 @@ at::Tensor search_cpu(const QAPTensors& p, const std::optional<at::Tensor>& init
   AT_DISPATCH_FLOATING_TYPES(p.unary.scalar_type(), "qap_search_cpu", [&] {
     const auto in = inputs_of<scalar_t>(p);
     const scalar_t* x0 = init.has_value() ? init->const_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, p.s.G, 1, [&](int64_t b, int64_t e) {
+    for_graphs_dynamic(p.s.G, 4, [&](int64_t b, int64_t e) {
       cpu::qap_search<scalar_t>(in, x0, assign.mutable_data_ptr<int64_t>(), p.s, o, b, e);
     });
   });
@@ -110,7 +130,8 @@ const QAPBackend& cpu_backend() {
 
 at::Tensor linear_assignment_op(const at::Tensor& score, bool maximize, bool partial) {
   const auto s = validate_linear_assignment(score);
-  return assignment_matrix(lap_cpu(cpu_compute_input(score), maximize, partial), s.M, score.scalar_type());
+  return assignment_matrix(lap_cpu(cpu_compute_input(score), maximize, partial, at::Tensor()), s.M,
+                           score.scalar_type());
 }
 
 at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>& quad,

@@ -30,14 +30,14 @@ QAPInputs<void> inputs_of(const QAPTensors& p) {
   return in;
 }
 
-at::Tensor lap_cuda(const at::Tensor& score, bool maximize, bool partial) {
+at::Tensor lap_cuda(const at::Tensor& score, bool maximize, bool partial, const at::Tensor& duals) {
   const LapShape s{score.size(0), score.size(1), score.size(2)};
   const DType dt = cuda_dtype(score, "score");
   auto assign = at::empty({s.G, s.N}, score.options().dtype(at::kLong));
   auto ws = cuda_workspace(cuda::linear_assignment_workspace_bytes(dt, s, partial), score);
-  C10_CUDA_CHECK(cuda::linear_assignment(dt, score.const_data_ptr(), assign.mutable_data_ptr<int64_t>(),
-                                         ws.mutable_data_ptr(), s, maximize, partial,
-                                         c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::linear_assignment(
+      dt, score.const_data_ptr(), assign.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(), s, maximize, partial,
+      duals.defined() ? duals.mutable_data_ptr<double>() : nullptr, c10::cuda::getCurrentCUDAStream()));
   return assign;
 }
 
@@ -99,7 +99,7 @@ at::Tensor linear_assignment_op(const at::Tensor& score, bool maximize, bool par
   const auto s = validate_linear_assignment(score);
   check_cuda(score, "score");
   const c10::cuda::CUDAGuard guard(score.device());
-  return assignment_matrix(lap_cuda(compute_input(score), maximize, partial), s.M, score.scalar_type());
+  return assignment_matrix(lap_cuda(compute_input(score), maximize, partial, at::Tensor()), s.M, score.scalar_type());
 }
 
 at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>& quad,

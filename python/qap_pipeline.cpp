@@ -14,9 +14,11 @@ struct Defaults {
   int64_t ls_tabu(const QAPShape& s) const { return 3 * std::max<int64_t>(s.N, 8) / 2; }
   int ls_ga_steps = 4;
   int ls_sinkhorn_iters = 5;
-  int64_t ga_steps = 30;
+  int64_t ga_steps = 20;
   int64_t faq_iters = 30;
-  int64_t power_iters = 50;  // sm, rrwm, ipfp (pygmtools' max_iter)
+  double faq_tol = 0.03;      // scipy's FAQ tolerance
+  double ga_faq_tol = 0.005;  // method "ga" converges further (cheap with warm-started LAPs)
+  int64_t power_iters = 50;   // sm, rrwm, ipfp (pygmtools' max_iter)
 };
 
 at::Tensor sum_gm(const at::Tensor& t) {  // [G,N,M] -> [G]
@@ -25,6 +27,7 @@ at::Tensor sum_gm(const at::Tensor& t) {  // [G,N,M] -> [G]
 
 // Dense Koopmans-Beckmann term: gradient A X B^T + A^T X B, value sum A .* (X B X^T).
 at::Tensor kb_gradient(const at::Tensor& X, const QAPTensors& p) {
+  if (p.kb_symmetric) return 2 * at::matmul(p.A, at::matmul(X, p.B));
   return at::matmul(p.A, at::matmul(X, p.B.transpose(1, 2))) + at::matmul(p.A.transpose(1, 2), at::matmul(X, p.B));
 }
 at::Tensor kb_value(const at::Tensor& X, const QAPTensors& p) {
@@ -38,11 +41,12 @@ at::Tensor full_gradient(const QAPBackend& be, const at::Tensor& X, const QAPTen
   return g;
 }
 
-// d^T K d (the quadratic part of the objective at the direction d).
-at::Tensor quadratic_part(const QAPBackend& be, const at::Tensor& D, const QAPTensors& p) {
-  at::Tensor q = be.edge_objective(D, p) - sum_gm(p.unary * D);
-  if (p.s.has_kb) q = q + kb_value(D, p);
-  return q;
+// (K + K^T) d: the gradient of the quadratic part at d (the objective's gradient is linear: g(x + t d) = g(x) + t
+// (K + K^T) d, and d^T K d = <d, (K + K^T) d> / 2).
+at::Tensor quadratic_gradient(const QAPBackend& be, const at::Tensor& D, const QAPTensors& p) {
+  at::Tensor g = p.s.has_edges ? be.edge_gradient(D, p) - p.unary : at::zeros_like(D);
+  if (p.s.has_kb) g = g + kb_gradient(D, p);
+  return g;
 }
 
 // Lawler product K x with pygmtools' K (unary on the diagonal, edge and dense terms), or K^T x.
@@ -54,8 +58,9 @@ at::Tensor lawler(const QAPBackend& be, const at::Tensor& X, const QAPTensors& p
   return y;
 }
 
-at::Tensor assignment_of(const QAPBackend& be, const at::Tensor& score, bool partial) {
-  return be.lap(score.contiguous(), true, partial);
+at::Tensor assignment_of(const QAPBackend& be, const at::Tensor& score, bool partial,
+                         const at::Tensor& duals = at::Tensor()) {
+  return be.lap(score.contiguous(), true, partial, duals);
 }
 
 // Sinkhorn balancing of exp(logits) [G,N,M] in the scaling form, with a slack row (free columns: partial or N < M)
@@ -94,21 +99,42 @@ at::Tensor softassign(const QAPBackend& be, const QAPTensors& p, at::Tensor X, b
   return X;
 }
 
-// Frank-Wolfe on the relaxation (FAQ): LAP direction, exact line search of the quadratic along it.
-at::Tensor frank_wolfe(const QAPBackend& be, const QAPTensors& p, at::Tensor X, bool partial, int64_t iters) {
+// Frank-Wolfe on the relaxation (FAQ): LAP direction, exact line search of the quadratic along it; stops, as
+// scipy's FAQ, when every graph moved by at most tol_per_node (scipy: 0.03) in ||.||_F / sqrt(N).
+at::Tensor frank_wolfe(const QAPBackend& be, const QAPTensors& p, at::Tensor X, bool partial, int64_t iters,
+                       double tol_per_node) {
   const auto dt = X.scalar_type();
+  const double tol = tol_per_node * std::sqrt(static_cast<double>(std::max<int64_t>(p.s.N, 1)));
+  at::Tensor g = full_gradient(be, X, p);
+  // the LAPs of consecutive steps are warm-started from the previous column potentials
+  const at::Tensor duals = at::zeros({p.s.G, p.s.M}, X.options().dtype(at::kDouble));
   for (int64_t it = 0; it < iters; ++it) {
-    const at::Tensor g = full_gradient(be, X, p);
-    const at::Tensor P = assignment_matrix(assignment_of(be, g, partial), p.s.M, dt);
+    const at::Tensor P = assignment_matrix(assignment_of(be, g, partial, duals), p.s.M, dt);
     const at::Tensor D = P - X;
-    const at::Tensor lin = sum_gm(g * D), quad = quadratic_part(be, D, p);
+    const at::Tensor gd = quadratic_gradient(be, D, p);
+    const at::Tensor lin = sum_gm(g * D), quad = 0.5 * sum_gm(D * gd);
     // f(X + t D) = f(X) + t lin + t^2 quad on [0, 1]
     const at::Tensor t_in = (-lin / (2 * quad).clamp_max(-1e-30)).clamp(0, 1);
     const at::Tensor t = at::where(quad < 0, t_in, at::where(lin + quad > 0, at::ones_like(lin), at::zeros_like(lin)));
     X = X + t.view({-1, 1, 1}) * D;
-    if (t.numel() == 0 || (t * D.abs().amax({1, 2})).max().item<double>() < 1e-6) break;
+    g = g + t.view({-1, 1, 1}) * gd;
+    if (t.numel() == 0 || (t * at::sqrt(sum_gm(D * D))).max().item<double>() <= tol) break;
   }
   return X;
+}
+
+// The batch twice over (graphs g and G + g are the same problem).
+QAPTensors twice(const QAPTensors& p) {
+  const auto rep = [](const at::Tensor& t) { return t.defined() ? at::cat({t, t}) : t; };
+  QAPTensors q = p;
+  q.unary = rep(p.unary);
+  q.quad = rep(p.quad);
+  q.edges_s = rep(p.edges_s);
+  q.edges_t = rep(p.edges_t);
+  q.A = rep(p.A);
+  q.B = rep(p.B);
+  q.s.G = 2 * p.s.G;
+  return q;
 }
 
 // Polish of assignments by the backend's local search (descent, then `tabu` tabu moves).
@@ -201,6 +227,7 @@ QAPTensors qap_tensors(const at::Tensor& unary, const std::optional<at::Tensor>&
   if (s.has_kb) {
     p.A = A->to(ct).contiguous();
     p.B = B->to(ct).contiguous();
+    p.kb_symmetric = at::equal(p.A, p.A.transpose(1, 2)) && at::equal(p.B, p.B.transpose(1, 2));
   }
   return p;
 }
@@ -234,18 +261,24 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
     o.kicks = method == "ils" ? static_cast<int>(std::max<int64_t>(s.N, 8)) : 0;
     o.seed = static_cast<uint64_t>(seed);
     assign = be.search(p, x0, o);
-  } else if (method == "ga" || method == "faq") {
-    at::Tensor X;
-    if (method == "ga") {
-      X = x0.has_value() ? *x0 : at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(s.M), p.unary.options());
-      X = softassign(be, p, X, partial, iters(def.ga_steps));
-      X = frank_wolfe(be, p, X, partial, 10);
-    } else {
-      X = x0.has_value() ? *x0 : at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(s.M), p.unary.options());
-      X = frank_wolfe(be, p, X, partial, iters(def.faq_iters));
-    }
+  } else if (method == "ga") {
+    // softassign, then Frank-Wolfe from its X and from the barycentre (or init) in one batch of 2G problems: the
+    // better LAP-rounded answer of each graph is polished by the local search (softassign wins on structured
+    // problems, the barycentre FAQ on unstructured ones)
+    const at::Tensor bary =
+        x0.has_value() ? *x0 : at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(s.M), p.unary.options());
+    const at::Tensor X = softassign(be, p, bary, partial, iters(def.ga_steps));
+    const QAPTensors p2 = twice(p);
+    const at::Tensor Xf = frank_wolfe(be, p2, at::cat({X, bary}), partial, def.faq_iters, def.ga_faq_tol);
+    const at::Tensor a2 = partial ? assignment_of(be, Xf - 0.5, true) : assignment_of(be, Xf, false);
+    const at::Tensor f2 = qap_objective_with(be, assignment_matrix(a2, s.M, dt), p2).view({2, s.G});
+    const at::Tensor a = a2.view({2, s.G, s.N});
+    assign = at::where((f2[0] >= f2[1]).view({s.G, 1}), a[0], a[1]);
+    assign = polish(be, p, assign, partial, std::max<int64_t>(s.N / 2, 8));
+  } else if (method == "faq") {
+    at::Tensor X = x0.has_value() ? *x0 : at::full({s.G, s.N, s.M}, 1.0 / static_cast<double>(s.M), p.unary.options());
+    X = frank_wolfe(be, p, X, partial, iters(def.faq_iters), def.faq_tol);
     assign = partial ? assignment_of(be, X - 0.5, true) : assignment_of(be, X, false);
-    if (method == "ga") assign = polish(be, p, assign, partial, std::max<int64_t>(s.N, 4));
   } else if (method == "sm") {
     assign = assignment_of(be, spectral(be, p, iters(def.power_iters)), partial);
   } else if (method == "rrwm") {

@@ -18,12 +18,14 @@ namespace lvmmed::glue {
 struct QAPTensors {
   at::Tensor unary, quad, edges_s, edges_t, A, B;
   QAPShape s;
+  bool kb_symmetric = false;  // A and B symmetric: A X B^T + A^T X B = 2 A X B (half the products)
 };
 
 // The kernels a backend provides (all take and return contiguous tensors of QAPTensors' dtype and device).
 struct QAPBackend {
-  // score [G,N,M] -> assignment int64 [G,N] (column or -1)
-  std::function<at::Tensor(const at::Tensor& score, bool maximize, bool partial)> lap;
+  // score [G,N,M] -> assignment int64 [G,N] (column or -1); duals: undefined, or float64 [G,M] column potentials
+  // to warm-start from, updated in place (similar consecutive problems)
+  std::function<at::Tensor(const at::Tensor& score, bool maximize, bool partial, const at::Tensor& duals)> lap;
   // local search (multi-start or from init [G,N,M]) -> assignment int64 [G,N]
   std::function<at::Tensor(const QAPTensors& p, const std::optional<at::Tensor>& init, const QAPSearchOptions& o)>
       search;

@@ -123,25 +123,30 @@ void check_positions(const at::Tensor& pos, const char* name, const at::Tensor& 
                     " on ", y.device(), " and ", name, " on ", pos.device());
 }
 
+// int64 edge list [G,E,2] over graphs of n nodes (E may be 0), on the device of `ref` (layout `ref_layout`, e.g.
+// "[G,N,F]"); `n_sym` names n in messages ("N" or "M").
+void check_edge_list(const at::Tensor& e, const char* name, int64_t G, int64_t n, const char* n_sym,
+                     const at::Tensor& ref, const char* ref_name, const char* ref_layout) {
+  TORCH_CHECK_VALUE(e.defined(), name, " must be a tensor [G,E,2], got None");
+  TORCH_CHECK_VALUE(e.dim() == 3 && e.size(2) == 2, name, " must be [G,E,2] (one (i, j) pair per edge), got ",
+                    shape_str(e));
+  TORCH_CHECK_TYPE(e.scalar_type() == at::kLong, name, " must have dtype torch.int64, got ",
+                   dtype_str(e.scalar_type()));
+  TORCH_CHECK_VALUE(e.device() == ref.device(), ref_name, " and ", name, " must be on the same device, got ", ref_name,
+                    " on ", ref.device(), " and ", name, " on ", e.device());
+  TORCH_CHECK_VALUE(e.size(0) == G, name, " [G,E,2] and ", ref_name, " ", ref_layout,
+                    " must have the same number of graphs G, got ", name, " ", shape_str(e), " and ", ref_name, " ",
+                    shape_str(ref));
+  if (e.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(e);
+  const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(mn >= 0 && mx < n, name, " holds node index ", mn < 0 ? mn : mx, " outside [0, ", n_sym,
+                    "-1] = [0, ", n - 1, "] of ", ref_name, " ", shape_str(ref));
+}
+
 EdgeListShape check_edges(const at::Tensor& edges, const char* name, const at::Tensor& z, const char* z_name) {
-  TORCH_CHECK_VALUE(edges.defined(), name, " must be a tensor [G,E,2], got None");
-  TORCH_CHECK_VALUE(edges.dim() == 3 && edges.size(2) == 2, name, " must be [G,E,2] (one (i, j) pair per edge), got ",
-                    shape_str(edges));
-  TORCH_CHECK_TYPE(edges.scalar_type() == at::kLong, name, " must have dtype torch.int64, got ",
-                   dtype_str(edges.scalar_type()));
-  TORCH_CHECK_VALUE(edges.device() == z.device(), z_name, " and ", name, " must be on the same device, got ", z_name,
-                    " on ", z.device(), " and ", name, " on ", edges.device());
-  TORCH_CHECK_VALUE(edges.size(0) == z.size(0), name, " [G,E,2] and ", z_name,
-                    " [G,N,F] must have the same number of graphs G, got ", name, " ", shape_str(edges), " and ",
-                    z_name, " ", shape_str(z));
-  const int64_t N = z.size(1);
-  if (edges.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(edges);
-    const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
-    TORCH_CHECK_VALUE(mn >= 0 && mx < N, name, " holds node index ", mn < 0 ? mn : mx, " outside [0, N-1] = [0, ",
-                      N - 1, "] of ", z_name, " ", shape_str(z));
-  }
-  return {z.size(0), N, edges.size(1), z.size(2)};
+  check_edge_list(edges, name, z.size(0), z.size(1), "N", z, z_name, "[G,N,F]");
+  return {z.size(0), z.size(1), edges.size(1), z.size(2)};
 }
 
 }  // namespace
@@ -236,26 +241,6 @@ LapShape validate_linear_assignment(const at::Tensor& score) {
   return {score.size(0), score.size(1), score.size(2)};
 }
 
-namespace {
-
-// int64 edge list [G,E,2] of graphs with n nodes; E may be 0.
-void check_edges(const at::Tensor& e, const char* name, int64_t G, int64_t n, const char* n_name,
-                 const at::Tensor& unary) {
-  TORCH_CHECK_VALUE(e.dim() == 3 && e.size(2) == 2, name, " must be [G,E,2] (int64 pairs of node indices), got shape ",
-                    shape_str(e));
-  TORCH_CHECK_TYPE(e.scalar_type() == at::kLong, name, " must be int64, got ", dtype_str(e.scalar_type()));
-  TORCH_CHECK_VALUE(e.device() == unary.device(), "unary and ", name, " must be on the same device, got unary on ",
-                    unary.device(), " and ", name, " on ", e.device());
-  TORCH_CHECK_VALUE(e.size(0) == G, name, " must have G = ", G, " graphs like unary, got shape ", shape_str(e));
-  if (e.numel() == 0) return;
-  const auto mm = at::aminmax(e);
-  const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
-  TORCH_CHECK_VALUE(lo >= 0 && hi < n, name, " must hold node indices in [0, ", n_name, "-1] = [0, ", n - 1,
-                    "], got values in [", lo, ", ", hi, "]");
-}
-
-}  // namespace
-
 QAPShape validate_qap(const at::Tensor& unary, const std::optional<at::Tensor>& quad,
                       const std::optional<at::Tensor>& edges_s, const std::optional<at::Tensor>& edges_t,
                       const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B,
@@ -270,8 +255,8 @@ QAPShape validate_qap(const at::Tensor& unary, const std::optional<at::Tensor>& 
                       "quad, edges_s and edges_t go together (all three or none), got quad ",
                       quad.has_value() ? "given" : "None", ", edges_s ", edges_s.has_value() ? "given" : "None",
                       ", edges_t ", edges_t.has_value() ? "given" : "None");
-    check_edges(*edges_s, "edges_s", G, N, "N", unary);
-    check_edges(*edges_t, "edges_t", G, M, "M", unary);
+    check_edge_list(*edges_s, "edges_s", G, N, "N", unary, "unary", "[G,N,M]");
+    check_edge_list(*edges_t, "edges_t", G, M, "M", unary, "unary", "[G,N,M]");
     check_float_tensor(*quad, "quad", 3, "[G,Es,Et]");
     check_same_device_dtype(*quad, "quad", unary, "unary");
     const int64_t Es = edges_s->size(1), Et = edges_t->size(1);

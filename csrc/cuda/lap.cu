@@ -21,7 +21,7 @@ TeamLaunch lap_launch(LapShape s, bool partial) {
 template <typename T>
 __global__ void __launch_bounds__(512)
     lap_kernel(const T* __restrict__ score, std::int64_t* __restrict__ assign, LapShape s, bool maximize, bool partial,
-               unsigned char* workspace, index_t bytes, bool use_smem) {
+               double* duals, unsigned char* workspace, index_t bytes, bool use_smem) {
   extern __shared__ __align__(8) unsigned char smem[];
   __shared__ detail::Best red[kTeamMaxWarps];
   const BlockTeam team{red};
@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(512)
   for (index_t g = blockIdx.x; g < s.G; g += gridDim.x) {
     const T* sg = score + g * s.N * s.M;
     const auto sc = [&](int i, int a) { return static_cast<double>(sg[static_cast<index_t>(i) * M + a]); };
-    detail::lap_assign(team, N, M, sc, maximize, partial, w, rows, out);
+    detail::lap_assign(team, N, M, sc, maximize, partial, w, rows, out, duals ? duals + g * s.M : nullptr);
     team.range(s.N, [&](index_t i) { assign[g * s.N + i] = out[i]; });
     team.sync();
   }
@@ -44,12 +44,12 @@ __global__ void __launch_bounds__(512)
 
 template <typename T>
 cudaError_t launch(const T* score, std::int64_t* assign, void* workspace, LapShape s, bool maximize, bool partial,
-                   cudaStream_t stream) {
+                   double* duals, cudaStream_t stream) {
   if (s.G == 0 || s.N == 0) return cudaSuccess;
   const TeamLaunch l = lap_launch(s, partial);
   LVMMED_CUDA_TRY(prepare_team_kernel(lap_kernel<T>, l));
   lap_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      score, assign, s, maximize, partial, static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
+      score, assign, s, maximize, partial, duals, static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }
 
@@ -60,12 +60,12 @@ index_t linear_assignment_workspace_bytes(DType, LapShape s, bool partial) {
 }
 
 cudaError_t linear_assignment(DType dtype, const void* score, std::int64_t* assign, void* workspace, LapShape s,
-                              bool maximize, bool partial, cudaStream_t stream) {
+                              bool maximize, bool partial, double* duals, cudaStream_t stream) {
   switch (dtype) {
     case DType::Float32:
-      return launch(static_cast<const float*>(score), assign, workspace, s, maximize, partial, stream);
+      return launch(static_cast<const float*>(score), assign, workspace, s, maximize, partial, duals, stream);
     case DType::Float64:
-      return launch(static_cast<const double*>(score), assign, workspace, s, maximize, partial, stream);
+      return launch(static_cast<const double*>(score), assign, workspace, s, maximize, partial, duals, stream);
     default:
       return cudaErrorInvalidValue;  // the glue computes float16/bfloat16 in float32
   }

@@ -115,6 +115,8 @@ def markdown_table(data: dict) -> str:
             thr += f" ({m['peak_fraction']:.1%} of peak)"
         quality = f"{m['quality']:.4f}" if "quality" in m else ""
         ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in m.get("speedup", {}).items())
+        if "overhead_vs_infonce" in m:
+            ratios += f"{m['overhead_vs_infonce']:.1f}x the time of infonce"
         cells = [r["subject"], r["case"], r["method"], _fmt_time(r["time_s"]), thr, quality, ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -50,9 +50,11 @@ namespace cpu {
 // Exact linear assignment of score [G,N,M] -> assign [G,N]: maximise (or minimise) the total score of a
 // matching; partial=false matches min(N,M) pairs (every row if N <= M, every column otherwise), partial=true
 // any number of pairs (a pair is only taken when it beats leaving both unmatched at 0). Graphs [g_begin, g_end).
+// duals [G,M] float64 (may be null; used when !partial and N <= M): column potentials to warm-start from, replaced
+// by the final ones (consecutive, similar problems, e.g. the Frank-Wolfe steps, then solve much faster).
 template <typename T>
-void linear_assignment(const T* score, std::int64_t* assign, LapShape s, bool maximize, bool partial, index_t g_begin,
-                       index_t g_end);
+void linear_assignment(const T* score, std::int64_t* assign, LapShape s, bool maximize, bool partial, double* duals,
+                       index_t g_begin, index_t g_end);
 
 // Approximate QAP: assign [G,N] (init [G,N,M] or null: a warm start, 0/1 or soft). Graphs [g_begin, g_end).
 template <typename T>
@@ -84,7 +86,7 @@ namespace cuda {
 // T is float or double (the glue computes half-precision inputs in float32). Scratch from the caller.
 index_t linear_assignment_workspace_bytes(DType dtype, LapShape s, bool partial);
 cudaError_t linear_assignment(DType dtype, const void* score, std::int64_t* assign, void* workspace, LapShape s,
-                              bool maximize, bool partial, cudaStream_t stream);
+                              bool maximize, bool partial, double* duals, cudaStream_t stream);
 
 index_t qap_search_workspace_bytes(DType dtype, QAPShape s, QAPSearchOptions o);
 cudaError_t qap_search(DType dtype, QAPInputs<void> in, const void* init, std::int64_t* assign, void* workspace,

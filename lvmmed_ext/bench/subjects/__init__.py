@@ -2,4 +2,5 @@
 
 SUBJECTS = {
     "affinity": "lvmmed_ext.bench.subjects.affinity",
+    "loss": "lvmmed_ext.bench.subjects.loss",
 }

@@ -17,6 +17,7 @@ struct LapWork {
   int* scanned;      // [m_max] column settled in the current augmentation
   int* col4row;      // [n_max] column matched to each row, -1 = none
   int* visited;      // [n_max] row reached in the current augmentation
+  int* rem;          // [m_max] the unsettled columns (serial path)
 };
 
 // Doubles and ints a LapWork needs for problems of up to n_max rows and m_max columns.
@@ -24,7 +25,7 @@ LVMMED_HD_FN index_t lap_doubles(index_t n_max, index_t m_max) {
   return n_max + 2 * m_max;
 }
 LVMMED_HD_FN index_t lap_ints(index_t n_max, index_t m_max) {
-  return 3 * m_max + 2 * n_max;
+  return 4 * m_max + 2 * n_max;
 }
 
 LVMMED_TEAM_FN LapWork lap_work_at(double* d, int* k, index_t n_max, index_t m_max) {
@@ -37,6 +38,7 @@ LVMMED_TEAM_FN LapWork lap_work_at(double* d, int* k, index_t n_max, index_t m_m
   w.scanned = w.row4col + m_max;
   w.col4row = w.scanned + m_max;
   w.visited = w.col4row + n_max;
+  w.rem = w.visited + n_max;
   return w;
 }
 
@@ -47,17 +49,21 @@ LVMMED_TEAM_FN LapWork lap_work_at(double* d, int* k, index_t n_max, index_t m_m
 // cheapest column when it is free (most rows of a random problem are settled here); every other row is inserted by
 // a Dijkstra over the columns on the reduced costs cost - u - v >= 0, the potentials of the settled columns and
 // visited rows being updated once per augmentation. Column ties prefer a free column, then the lowest index.
+// duals (may be null): column potentials [m] of a previous, similar problem to start from (warm start), and the
+// final column potentials on return.
 template <class Team, class Cost>
-LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, const LapWork& w, int* col_of_row) {
+LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, const LapWork& w, int* col_of_row,
+                            double* duals = nullptr) {
   team.range(m, [&](index_t j) {
-    w.v[j] = 0;
+    w.v[j] = duals != nullptr ? vmin(duals[j], 0.0) : 0.0;  // v <= 0 keeps unmatched columns (m > n) optimal
     w.row4col[j] = -1;
   });
+  team.sync();
   team.range(n, [&](index_t i) {  // row reduction; the cheapest column of row i parked in col4row[i]
     double best = kInf;
     int arg = 0;
     for (int j = 0; j < m; ++j) {
-      const double c = cost(static_cast<int>(i), j);
+      const double c = cost(static_cast<int>(i), j) - w.v[j];
       if (c < best) {
         best = c;
         arg = j;
@@ -83,6 +89,7 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
     team.range(m, [&](index_t j) {
       w.shortest[j] = kInf;
       w.scanned[j] = 0;
+      w.rem[j] = static_cast<int>(j);
     });
     team.range(n, [&](index_t i) { w.visited[i] = 0; });
     team.sync();
@@ -91,36 +98,38 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
     for (int step = 0; step < m && sink < 0; ++step) {  // each step settles one column
       const double ui = w.u[i];
       Best best = no_best();
-      if constexpr (Team::kSerial) {  // branch-free relaxation (mispredictions dominate otherwise), then the argmin
+      if constexpr (Team::kSerial) {  // over the unsettled columns only (a shrinking list), branch-free relaxation
         double* __restrict sh = w.shortest;
         int* __restrict path = w.path;
         const double* __restrict v = w.v;
-        const int* __restrict sc = w.scanned;
         const int* __restrict rc = w.row4col;
+        const int* __restrict rem = w.rem;
+        const int nrem = m - step;
         const double base = min_val - ui;
         double bv = kInf;
-        LVMMED_SIMD_MIN_BV
-        for (int j = 0; j < m; ++j) {                  // relax and take the minimum: no loop-carried branches
-          const double rr = base + cost(i, j) - v[j];  // unconditional: the loop stays branch-free
-          const double r = sc[j] ? kInf : rr;
+        for (int k = 0; k < nrem; ++k) {
+          const int j = rem[k];
+          const double r = base + cost(i, j) - v[j];
           const double old = sh[j];
           const bool closer = r < old;
           const double sj = closer ? r : old;
           sh[j] = sj;
           path[j] = closer ? i : path[j];
-          const double cand = sc[j] ? kInf : sj;
-          bv = cand < bv ? cand : bv;
+          bv = sj < bv ? sj : bv;
         }
-        int bj = -1, bfree = 0;
-        for (int j = 0; j < m; ++j) {  // the first minimal column, a free one if any
-          if (sc[j] || sh[j] != bv) continue;
-          if (rc[j] < 0) {
+        int bj = -1, bfree = 0, bk = -1;
+        for (int k = 0; k < nrem; ++k) {  // among the minimal columns: a free one first, then the lowest index
+          const int j = rem[k];
+          if (sh[j] != bv) continue;
+          const int fj = rc[j] < 0;
+          if (bk < 0 || fj > bfree || (fj == bfree && j < bj)) {
             bj = j;
-            bfree = 1;
-            break;
+            bfree = fj;
+            bk = k;
           }
-          if (bj < 0) bj = j;
         }
+        w.rem[bk] = w.rem[nrem - 1];  // settle bj
+        w.rem[nrem - 1] = bj;
         best = {-bv, (bfree ? 0 : m) + bj};
       } else {
         team.range(m, [&](index_t j) {
@@ -170,6 +179,7 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
     team.sync();
   }
   team.range(n, [&](index_t r) { col_of_row[r] = w.col4row[r]; });
+  if (duals != nullptr) team.range(m, [&](index_t j) { duals[j] = w.v[j]; });
   team.sync();
 }
 
@@ -177,9 +187,10 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
 //   partial = false: min(N, M) pairs (every row when N <= M, every column otherwise);
 //   partial = true: any number of pairs; leaving a row and a column unmatched scores 0.
 // `rows` is int scratch of max(N, M) entries. LapWork sized for lap_doubles/lap_ints(max(N, M), M + N).
+// duals: as for lap_min (used when !partial and N <= M; ignored otherwise).
 template <class Team, class Score>
 LVMMED_TEAM_FN void lap_assign(const Team& team, int N, int M, const Score& score, bool maximize, bool partial,
-                               const LapWork& w, int* rows, int* assign) {
+                               const LapWork& w, int* rows, int* assign, double* duals = nullptr) {
   const double sign = maximize ? -1.0 : 1.0;
   team.range(N, [&](index_t i) { assign[i] = -1; });
   team.sync();
@@ -190,7 +201,7 @@ LVMMED_TEAM_FN void lap_assign(const Team& team, int N, int M, const Score& scor
     team.range(N, [&](index_t i) { assign[i] = rows[i] < M ? rows[i] : -1; });
   } else if (N <= M) {
     const auto cost = [&](int i, int j) { return sign * static_cast<double>(score(i, j)); };
-    lap_min(team, N, M, cost, w, rows);
+    lap_min(team, N, M, cost, w, rows, duals);
     team.range(N, [&](index_t i) { assign[i] = rows[i]; });
   } else {  // more rows than columns: assign every column to a row
     const auto cost = [&](int a, int i) { return sign * static_cast<double>(score(i, a)); };

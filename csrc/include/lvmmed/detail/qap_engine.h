@@ -60,7 +60,7 @@ struct Adjacency {
 
 // Byte layout of the workspace of one team. Doubles first, then ints; every block 8-byte aligned.
 struct QAPLayout {
-  index_t U, L, X, S, Z, rs, cs, lapd;                                 // double offsets (in doubles)
+  index_t U, L, Lb, X, S, Z, rs, cs, lapd;                             // double offsets (in doubles)
   index_t pi, inv, best, keep, rows, tabu, adj_s, adj_t, pairs, lapi;  // int offsets (in ints, after the doubles)
   index_t n_doubles, n_ints;
   LVMMED_HD_FN index_t bytes() const { return 8 * n_doubles + 4 * n_ints + 8; }
@@ -79,6 +79,8 @@ LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, 
   l.U = d;
   d += NM;
   l.L = d;
+  d += need_search ? NM : 0;
+  l.Lb = d;
   d += need_search ? NM : 0;
   l.X = d;
   d += need_ga ? (N + 1) * (M + 1) : 0;
@@ -272,8 +274,8 @@ template <typename T>
 struct QAPSearch {
   QAPGraph<T> g;
   bool partial, has_edges, has_kb;
-  double eps;  // gains <= eps are not improvements
-  double *U, *L, *X, *S, *Z, *rs, *cs;
+  double eps;                                // gains <= eps are not improvements
+  double *U, *L, *Lb, *X, *S, *Z, *rs, *cs;  // Lb: L at the best assignment of a tabu search
   int *pi, *inv, *best, *keep, *rows, *tabu;
   int* tfirst;  // [M,M] first target edge q = (a,b) of every pair (a,b), -1 if none (loops left out)
   int* tnext;   // [Et] next target edge with the same pair, -1 at the end
@@ -295,6 +297,7 @@ LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool p
   c.eps = 0;
   c.U = d + l.U;
   c.L = d + l.L;
+  c.Lb = d + l.Lb;
   c.X = d + l.X;
   c.S = d + l.S;
   c.Z = d + l.Z;
@@ -448,7 +451,7 @@ LVMMED_TEAM_FN double linearise(const Team& team, QAPSearch<T>& c) {
         }
       }
     }
-    if (c.has_kb) {
+    if (c.has_kb && !Team::kSerial) {
       for (int j = 0; j < g.N; ++j) {
         const int b = c.pi[j];
         if (b < 0) continue;
@@ -457,6 +460,26 @@ LVMMED_TEAM_FN double linearise(const Team& team, QAPSearch<T>& c) {
       }
     }
   });
+  if constexpr (Team::kSerial) {
+    if (c.has_kb) {  // L += A X B^T + A^T X B as rank-1 updates: column and row pi(j) of B, row by row (axpy)
+      double* colb = team.template scratch<double>(2, 2 * static_cast<index_t>(M));
+      double* rowb = colb + M;
+      for (int j = 0; j < g.N; ++j) {
+        const int b = c.pi[j];
+        if (b < 0) continue;
+        for (int a = 0; a < M; ++a) {
+          colb[a] = Bv(c, a, b);
+          rowb[a] = Bv(c, b, a);
+        }
+        for (int i = 0; i < g.N; ++i) {
+          double* Li = c.L + static_cast<index_t>(i) * M;
+          const double aij = Av(c, i, j), aji = Av(c, j, i);
+          if (aij != 0.0) team.axpy(aij, colb, Li, M);
+          if (aji != 0.0) team.axpy(aji, rowb, Li, M);
+        }
+      }
+    }
+  }
   team.sync();
   double f = 0;
   for (int i = 0; i < g.N; ++i) {
@@ -476,18 +499,6 @@ LVMMED_TEAM_FN double swap_gain(const QAPSearch<T>& c, int r, int s) {
     d += (Av(c, r, r) + Av(c, s, s) - Av(c, r, s) - Av(c, s, r)) * beta;
   }
   if (c.has_edges && orr >= 0 && os >= 0) d += swap_edge_gain(c, r, s);
-  return d;
-}
-
-// Swap gain without the edge part (the serial scan adds the edge part per edge, not per pair).
-template <typename T>
-LVMMED_TEAM_FN double swap_gain_no_edges(const QAPSearch<T>& c, int r, int s) {
-  const int orr = c.pi[r], os = c.pi[s];
-  double d = Lv(c, r, os) - Lv(c, r, orr) + Lv(c, s, orr) - Lv(c, s, os);
-  if (c.has_kb) {
-    const double beta = Bv(c, os, os) - Bv(c, os, orr) - Bv(c, orr, os) + Bv(c, orr, orr);
-    d += (Av(c, r, r) + Av(c, s, s) - Av(c, r, s) - Av(c, s, r)) * beta;
-  }
   return d;
 }
 
@@ -537,9 +548,10 @@ LVMMED_TEAM_FN void update_row(const QAPSearch<T>& c, int i, int j, int o, int n
 }
 
 // Applies a move: row r to column nr, and (s >= 0) row s to column ns; updates L, pi, inv.
-// Serial L update for row j moving from column o to n, through the edges of j (edge-owned).
+// Serial L update for row j moving from column o to n, through the edges of j (edge-owned); kb: 2M doubles of
+// scratch for the dense term.
 template <typename T>
-LVMMED_TEAM_FN void update_from_row(const QAPSearch<T>& c, int j, int o, int n) {
+LVMMED_TEAM_FN void update_from_row(const QAPSearch<T>& c, int j, int o, int n, double* kb) {
   const QAPGraph<T>& g = c.g;
   if (c.has_edges) {
     for (int k = c.as.in_off[j]; k < c.as.in_off[j + 1]; ++k) {  // p = (i, j)
@@ -565,12 +577,16 @@ LVMMED_TEAM_FN void update_from_row(const QAPSearch<T>& c, int j, int o, int n) 
           Li[c.at.dst[c.at.out_e[kk]]] += qv(qp, c.at.out_e[kk]);
     }
   }
-  if (c.has_kb) {
+  if (c.has_kb) {  // rank-1 updates: L[i,:] += A[i,j] (B[:,n] - B[:,o]) + A[j,i] (B[n,:] - B[o,:])
+    for (int a = 0; a < g.M; ++a) {
+      kb[a] = Bv(c, a, n) - Bv(c, a, o);
+      kb[g.M + a] = Bv(c, n, a) - Bv(c, o, a);
+    }
     for (int i = 0; i < g.N; ++i) {
       const double aij = Av(c, i, j), aji = Av(c, j, i);
       if (aij == 0.0 && aji == 0.0) continue;
       double* Li = c.L + static_cast<index_t>(i) * g.M;
-      for (int a = 0; a < g.M; ++a) Li[a] += aij * (Bv(c, a, n) - Bv(c, a, o)) + aji * (Bv(c, n, a) - Bv(c, o, a));
+      for (int a = 0; a < g.M; ++a) Li[a] += aij * kb[a] + aji * kb[g.M + a];
     }
   }
 }
@@ -579,8 +595,9 @@ template <class Team, typename T>
 LVMMED_TEAM_FN void apply_move(const Team& team, QAPSearch<T>& c, int r, int nr, int s, int ns) {
   const int orr = c.pi[r], os = s >= 0 ? c.pi[s] : -1;
   if constexpr (Team::kSerial) {
-    update_from_row(c, r, orr, nr);
-    if (s >= 0) update_from_row(c, s, os, ns);
+    double* kb = c.has_kb ? team.template scratch<double>(2, 2 * static_cast<index_t>(c.g.M)) : nullptr;
+    update_from_row(c, r, orr, nr, kb);
+    if (s >= 0) update_from_row(c, s, os, ns, kb);
   } else {
     team.range(c.g.N, [&](index_t i) {
       update_row(c, static_cast<int>(i), r, orr, nr);
@@ -617,6 +634,9 @@ LVMMED_TEAM_FN void copy_ints(const Team& team, int* dst, const int* src, int n)
   team.sync();
 }
 
+// From this many rows on, the serial pair scan works on gathered pair-ordered matrices (contiguous rows).
+constexpr int kMatrixScanMin = 48;
+
 // Best-improvement search from c.pi (L, f current). tenure = 0: steepest descent until no gain > eps (at most
 // max_moves moves). tenure > 0: tabu search, max_moves moves of the best non-tabu move (improving or not; a tabu
 // move is allowed when it beats the best found), a row may not return to a column it left for `tenure` moves.
@@ -625,8 +645,10 @@ template <class Team, typename T>
 LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, index_t max_moves, int tenure) {
   const int N = c.g.N, M = c.g.M;
   const bool tabu = tenure > 0;
+  const index_t NM = static_cast<index_t>(N) * M;
   if (tabu) {
     team.range(static_cast<index_t>(N) * (M + 1), [&](index_t k) { c.tabu[k] = -1; });
+    team.range(NM, [&](index_t k) { c.Lb[k] = c.L[k]; });
     copy_ints(team, c.best, c.pi, N);
   }
   double best_f = f;
@@ -657,6 +679,34 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
     for (index_t k = 0; k < static_cast<index_t>(N) * N + c.g.Es; ++k) C[k] = 0;
     for (int p = 0; p < c.g.Es; ++p) refresh_edge(p);
   }
+  // Serial path: L[i, pi i]; and for the dense term A[i,i], B[a,a], A + A^T, B + B^T (the pair gains read rows);
+  // for N >= kMatrixScanMin the pair-ordered gathers Lp[r,s] = L[r, pi s], its transpose, Bp[r,s] = (B+B^T)[pi r, pi s]
+  double *lpi = nullptr, *kad = nullptr, *kbd = nullptr, *kas = nullptr, *kbs = nullptr;
+  double *Lp = nullptr, *LpT = nullptr, *Bp = nullptr;
+  if constexpr (Team::kSerial) {
+    if (N >= kMatrixScanMin) {
+      Lp = team.template scratch<double>(3, 3 * static_cast<index_t>(N) * N);
+      LpT = Lp + static_cast<index_t>(N) * N;
+      Bp = LpT + static_cast<index_t>(N) * N;
+    }
+    const index_t nkb =
+        c.has_kb ? static_cast<index_t>(N) + M + static_cast<index_t>(N) * N + static_cast<index_t>(M) * M : 0;
+    lpi = team.template scratch<double>(1, N + nkb);
+    if (c.has_kb) {
+      kad = lpi + N;
+      kbd = kad + N;
+      kas = kbd + M;
+      kbs = kas + static_cast<index_t>(N) * N;
+      for (int i = 0; i < N; ++i) {
+        kad[i] = Av(c, i, i);
+        for (int j = 0; j < N; ++j) kas[static_cast<index_t>(i) * N + j] = Av(c, i, j) + Av(c, j, i);
+      }
+      for (int a = 0; a < M; ++a) {
+        kbd[a] = Bv(c, a, a);
+        for (int b = 0; b < M; ++b) kbs[static_cast<index_t>(a) * M + b] = Bv(c, a, b) + Bv(c, b, a);
+      }
+    }
+  }
   const bool relocate = c.partial || N < M;  // free columns (every row stays matched unless partial) or unmatching
   for (index_t it = 0; it < max_moves; ++it) {
     const auto allowed = [&](int r, int col, double gain) {
@@ -665,6 +715,7 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
     };
     Best cand = no_best();
     const auto offer_swap = [&](int r, int s, double d) {
+      if (d <= cand.value) return;  // codes come in increasing order: only a strictly larger gain can win
       if (tabu) {
         const bool tr = c.tabu[static_cast<index_t>(r) * (M + 1) + (c.pi[s] < 0 ? M : c.pi[s])] >= it;
         const bool ts = c.tabu[static_cast<index_t>(s) * (M + 1) + (c.pi[r] < 0 ? M : c.pi[r])] >= it;
@@ -673,13 +724,64 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
       offer(cand, d, static_cast<std::int64_t>(r) * N + s);
     };
     if constexpr (Team::kSerial) {
-      for (int r = 0; r < N; ++r)
+      for (int i = 0; i < N; ++i) lpi[i] = Lv(c, i, c.pi[i]);
+    }
+    if constexpr (Team::kSerial) {
+      if (N >= kMatrixScanMin) {  // large N: gather L[r, pi s] (and B + B^T) into pair order, scan rows contiguously
+        for (int r = 0; r < N; ++r) {
+          const double* Lr = c.L + static_cast<index_t>(r) * M;
+          double* lp = Lp + static_cast<index_t>(r) * N;
+          for (int s2 = 0; s2 < N; ++s2) lp[s2] = c.pi[s2] >= 0 ? Lr[c.pi[s2]] : 0.0;
+          if (c.has_kb) {
+            double* bp = Bp + static_cast<index_t>(r) * N;
+            const double* bsr = c.pi[r] >= 0 ? kbs + static_cast<index_t>(c.pi[r]) * M : nullptr;
+            for (int s2 = 0; s2 < N; ++s2) bp[s2] = (bsr != nullptr && c.pi[s2] >= 0) ? bsr[c.pi[s2]] : 0.0;
+          }
+        }
+        for (int r0 = 0; r0 < N; r0 += 32)  // LpT = Lp^T, blocked
+          for (int s0 = 0; s0 < N; s0 += 32)
+            for (int r = r0; r < vmin(r0 + 32, N); ++r)
+              for (int s2 = s0; s2 < vmin(s0 + 32, N); ++s2)
+                LpT[static_cast<index_t>(s2) * N + r] = Lp[static_cast<index_t>(r) * N + s2];
+        for (int r = 0; r < N; ++r) {
+          const int orr = c.pi[r];
+          const double* lp = Lp + static_cast<index_t>(r) * N;
+          const double* lpt = LpT + static_cast<index_t>(r) * N;
+          const double* bp = c.has_kb ? Bp + static_cast<index_t>(r) * N : nullptr;
+          const double* asr = c.has_kb ? kas + static_cast<index_t>(r) * N : nullptr;
+          const double* cr = C != nullptr ? C + static_cast<index_t>(r) * N : nullptr;
+          const double bdr = (c.has_kb && orr >= 0) ? kbd[orr] : 0.0;
+          for (int s2 = r + 1; s2 < N; ++s2) {
+            const int os = c.pi[s2];
+            if (orr < 0 && os < 0) continue;
+            double d = lp[s2] - lpi[r] + lpt[s2] - lpi[s2];
+            if (c.has_kb) d += (kad[r] + kad[s2] - asr[s2]) * ((os >= 0 ? kbd[os] : 0.0) + bdr - bp[s2]);
+            if (cr != nullptr) d += cr[s2];
+            offer_swap(r, s2, d);
+          }
+        }
+      }
+    }
+    if constexpr (Team::kSerial) {
+      for (int r = 0; r < N && N < kMatrixScanMin; ++r) {
+        const int orr = c.pi[r];
+        const double* Lr = c.L + static_cast<index_t>(r) * M;
+        const double* asr = c.has_kb ? kas + static_cast<index_t>(r) * N : nullptr;
+        const double* bsr = orr >= 0 && c.has_kb ? kbs + static_cast<index_t>(orr) * M : nullptr;
         for (int s2 = r + 1; s2 < N; ++s2) {
-          if (c.pi[r] < 0 && c.pi[s2] < 0) continue;
-          double d = swap_gain_no_edges(c, r, s2);
+          const int os = c.pi[s2];
+          if (orr < 0 && os < 0) continue;
+          double d =
+              (os >= 0 ? Lr[os] : 0.0) - lpi[r] + (orr >= 0 ? c.L[static_cast<index_t>(s2) * M + orr] : 0.0) - lpi[s2];
+          if (c.has_kb) {  // (A[r,r] + A[s,s] - A[r,s] - A[s,r]) (B[os,os] + B[or,or] - B[or,os] - B[os,or])
+            const double beta =
+                (os >= 0 ? kbd[os] : 0.0) + (orr >= 0 ? kbd[orr] : 0.0) - (bsr != nullptr && os >= 0 ? bsr[os] : 0.0);
+            d += (kad[r] + kad[s2] - asr[s2]) * beta;
+          }
           if (C != nullptr) d += C[static_cast<index_t>(r) * N + s2];
           offer_swap(r, s2, d);
         }
+      }
     } else {
       team.range(n_swaps, [&](index_t k) {
         const int r = static_cast<int>(k / N), s2 = static_cast<int>(k % N);
@@ -729,6 +831,7 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
     if (tabu) {
       if (f > best_f + c.eps) {
         best_f = f;
+        team.range(NM, [&](index_t k) { c.Lb[k] = c.L[k]; });
         copy_ints(team, c.best, c.pi, N);
         best_is_current = true;
       } else {
@@ -738,10 +841,10 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
       best_f = f;
     }
   }
-  if (tabu && !best_is_current) {
+  if (tabu && !best_is_current) {  // back to the best assignment and its saved gradient
+    team.range(NM, [&](index_t k) { c.L[k] = c.Lb[k]; });
     copy_ints(team, c.pi, c.best, N);
     set_inverse(team, c);
-    return linearise(team, c);
   }
   return best_f;
 }
@@ -868,7 +971,6 @@ LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const Softassi
 
 struct SearchPlan {
   bool multistart;
-  bool start_from_soft;  // besides LAP(gradient at the softassign X), start from LAP(X) itself
   SoftassignOptions ga;
   int tabu_iters, tenure, kicks, kick_size;
   index_t max_descent;
@@ -886,7 +988,6 @@ LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
 inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t M) {
   SearchPlan p;
   p.multistart = o.multistart;
-  p.start_from_soft = true;
   p.ga = {o.multistart ? o.ga_steps : 0, o.sinkhorn_iters, 2.0, 40.0};
   p.tabu_iters = o.tabu_iters;
   p.tenure = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 4, 2), 10));
@@ -894,23 +995,18 @@ inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t
   p.kick_size = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 8, 2), 8));
   p.max_descent = o.max_descent > 0 ? o.max_descent : 16 * N * (M + 1) + 64;
   p.seed = o.seed;
-#ifdef LVMMED_TUNING
-  if (getenv("B0")) p.ga.beta0 = atof(getenv("B0"));
-  if (getenv("B1")) p.ga.beta1 = atof(getenv("B1"));
-  if (getenv("TEN")) p.tenure = atoi(getenv("TEN"));
-  if (getenv("KSZ")) p.kick_size = atoi(getenv("KSZ"));
-  if (getenv("NOX")) p.start_from_soft = false;
-#endif
   return p;
 }
 
-// Descent from c.pi; keeps it in c.keep when it beats best_f. Returns the new best objective.
+// Descent from c.pi; keeps it in c.keep when it beats best_f (then `kept` is set: the search state is c.keep).
+// Returns the new best objective.
 template <class Team, typename T>
-LVMMED_TEAM_FN double try_start(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f) {
+LVMMED_TEAM_FN double try_start(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f, bool& kept) {
   set_inverse(team, c);
   double f = linearise(team, c);
   f = local_search(team, c, f, plan.max_descent, 0);
-  if (f > best_f + c.eps) {
+  kept = f > best_f + c.eps;
+  if (kept) {
     copy_ints(team, c.keep, c.pi, c.g.N);
     return f;
   }
@@ -957,16 +1053,17 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
   const int N = c.g.N, M = c.g.M;
   search_setup(team, c);
   double best_f = -kInf;
+  bool state_is_keep = false;  // the search state (pi, L) is the kept assignment
   team.range(N, [&](index_t i) { c.keep[i] = -1; });
   team.sync();
   if (plan.multistart || init == nullptr) {
     const auto score = [&](int i, int a) { return c.U[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, score, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
   }
   if (init != nullptr) {
     start_from_init(team, c, init);
-    best_f = try_start(team, c, plan, best_f);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
   }
   if (plan.multistart && plan.ga.steps > 0) {
     softassign(team, c, plan.ga);
@@ -975,18 +1072,20 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
       const double x = c.X[i * ldx + a];
       return c.partial ? x - 0.5 * (c.X[i * ldx + M] + c.X[N * ldx + a]) : x;
     };
-    if (plan.start_from_soft) {
-      lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
-      best_f = try_start(team, c, plan, best_f);
-    }
+    lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
     const auto from_s = [&](int i, int a) { return c.S[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, from_s, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
   }
   if (plan.tabu_iters > 0) {
-    copy_ints(team, c.pi, c.keep, N);
-    set_inverse(team, c);
-    const double f = local_search(team, c, linearise(team, c), plan.tabu_iters, plan.tenure);
+    double f = best_f;
+    if (!state_is_keep) {
+      copy_ints(team, c.pi, c.keep, N);
+      set_inverse(team, c);
+      f = linearise(team, c);
+    }
+    f = local_search(team, c, f, plan.tabu_iters, plan.tenure);
     if (f > best_f + c.eps) {
       best_f = f;
       copy_ints(team, c.keep, c.pi, N);
@@ -1008,7 +1107,7 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
       }
     }
     team.sync();
-    best_f = try_start(team, c, plan, best_f);
+    best_f = try_start(team, c, plan, best_f, state_is_keep);
   }
   team.range(N, [&](index_t i) { out[i] = c.keep[i]; });
   team.sync();

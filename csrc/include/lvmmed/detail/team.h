@@ -15,11 +15,9 @@
 #ifdef __CUDACC__
 #define LVMMED_TEAM_FN __device__ inline
 #define LVMMED_HD_FN __host__ __device__ inline
-#define LVMMED_SIMD_MIN_BV
 #else
 #define LVMMED_TEAM_FN inline
 #define LVMMED_HD_FN inline
-#define LVMMED_SIMD_MIN_BV _Pragma("omp simd reduction(min : bv)")
 #endif
 
 namespace lvmmed::detail {
@@ -70,10 +68,10 @@ struct SerialTeam {
     for (index_t i = 0; i < n; ++i) f(i);
   }
   Best argmax(Best b) const { return b; }
-  // Thread-local scratch of n values of V (V of at most 8 bytes); slot 0 and 1 are independent buffers.
+  // Thread-local scratch of n values of V (V of at most 8 bytes); slots 0..3 are independent buffers.
   template <typename V>
   V* scratch(int slot, index_t n) const {
-    static thread_local std::vector<double> buf[2];
+    static thread_local std::vector<double> buf[4];
     if (static_cast<index_t>(buf[slot].size()) < n) buf[slot].resize(n);
     return reinterpret_cast<V*>(buf[slot].data());
   }
