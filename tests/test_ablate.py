@@ -133,6 +133,7 @@ def test_bad_input_is_refused_before_anything_is_written(folders, tmp_path, caps
     _fails(capsys, [*d, *e, *o, *TINY, "--configs", "gm:graph_size=16"], "graph_size 16 exceeds --batch-size 8",
            tmp_path)  # fmt: skip
     _fails(capsys, [*d, *e, *o, *TINY, "--eval-l2", "x"], "--eval-l2 must be a number", tmp_path)
+    _fails(capsys, [*d, *o, *TINY, "--eval-data", str(tmp_path / "nope")], "does not exist", tmp_path)
     _fails(capsys, [*d, *e, *o, *TINY, "--no-local-term", "--alpha", "0.5"], "--no-local-term sets alpha", tmp_path)
 
 

@@ -228,15 +228,14 @@ def _run(args: argparse.Namespace) -> int:
         _check_variant(v, options, base.batch_size)
         plans.append((v, options))
 
+    if not demo:  # bad evaluation data stops the command before anything is written
+        data, eval_name = load_labelled(args.eval_data, base.preprocessing), args.eval_data
     os.makedirs(out, exist_ok=True)
     if demo:
         data = train_cli.demo_task(os.path.join(out, "eval_mni152_tissue"), base.seed, base.preprocessing)
         if data is None:
             raise UsageError("the demo ablation needs nilearn for its evaluation task (run scripts/setup.sh)")
         eval_name = f"demo task: {train_cli.DEMO_TASK}"
-    else:
-        data = load_labelled(args.eval_data, base.preprocessing)
-        eval_name = args.eval_data
     device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     workers = base.workers if base.workers is not None else (0 if demo else min(4, max(0, (os.cpu_count() or 1) - 1)))
     eval_dir = os.path.join(out, "eval")
@@ -244,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
                    test_frac=args.eval_test_frac)  # fmt: skip
 
     t_all = time.perf_counter()
-    print(f"ablation: {len(plans)} configuration(s) x {base.steps or 'epochs-derived'} steps -> {out}", flush=True)
+    print(f"ablation: {len(plans)} configuration(s) x {base.steps} steps -> {out}", flush=True)
     t0 = time.perf_counter()
     random_init = evaluate(list(METHODS), "random", data, arch=base.arch, width=base.width,
                            in_chans=base.preprocessing.in_chans, image_size=base.image_size, label="random_init",
