@@ -244,7 +244,7 @@ def bench_local(ctx, shape_name: str) -> list[dict]:
     y_t.requires_grad_()
     ctx.log(f"affinity: {case} ({len(LOCAL_PLAN)} implementations, interleaved)")
     fns = {f"{m} {n}": partial(run_local, n, m, y_s, y_t, pos_s, pos_t) for m, n in LOCAL_PLAN}
-    samples = ctx.interleave(case, fns, budget_s=max(ctx.budget_s * len(fns), 60.0))
+    samples = ctx.interleave(case, fns, budget_s=max(ctx.budget_s * len(fns), 180.0))
     floor = samples["fwd floor"]
     gram_flop = 2.0 * G * N * P * M * Q * D
     rows = []
