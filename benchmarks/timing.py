@@ -1,11 +1,15 @@
-"""Timing helpers for the standalone benchmark scripts: the suite's own (lvmmed_ext.bench.timing) plus JSON output."""
+"""Timing helpers for benchmark scripts: the suite's own (``lvmmed_ext.bench.timing``) plus JSON output.
+
+The benchmarks themselves live in ``lvmmed_ext/bench/subjects/`` and run with ``lvmmed bench``; the scripts in this
+folder are thin wrappers of it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-from lvmmed_ext.bench.timing import environment, sync, time_fn  # noqa: F401  (re-exported for the scripts)
+from lvmmed_ext.bench.timing import environment, interleaved, ratio, sync, time_fn  # noqa: F401  (re-exported)
 
 
 def write_json(path: str | None, payload: dict) -> None:

@@ -1,6 +1,8 @@
-"""Benchmark subjects: each module has ``run(ctx) -> list[row]`` (see ``lvmmed_ext.bench.report.row``)."""
+"""Benchmark subjects: each module has ``run(ctx) -> list[row]`` (see ``lvmmed_ext.bench.report.row``) and
+``markdown(rows) -> str`` (its tables in BENCHMARKS.md)."""
 
 SUBJECTS = {
     "affinity": "lvmmed_ext.bench.subjects.affinity",
     "loss": "lvmmed_ext.bench.subjects.loss",
+    "solver": "lvmmed_ext.bench.subjects.solver",
 }
