@@ -5,6 +5,7 @@ import copy
 import json
 
 import pytest
+import torch
 
 from lvmmed_ext.bench import cli, report
 from lvmmed_ext.bench.subjects import SUBJECTS
@@ -14,7 +15,11 @@ from lvmmed_ext.bench.subjects import SUBJECTS
 def smoke_path(tmp_path_factory):
     """One quick CPU run of every subject, shared by the tests below."""
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    threads = torch.get_num_threads()
     assert cli.main(["all", "--quick", "--device", "cpu", "--json", str(out)]) == 0
+    # the run uses one thread (recorded below) and gives the caller's thread count back: later tests in this
+    # process (the bit-exact resume tests) compare against subprocesses that use the default count
+    assert torch.get_num_threads() == threads
     return out
 
 
@@ -32,6 +37,7 @@ def _rows(data, subject, **params):
 def test_smoke_run_writes_valid_results(smoke):
     assert smoke["schema"] == report.SCHEMA
     env = smoke["env"]
+    assert env["threads"] == 1
     assert env["device_kind"] == "cpu" and env["date"] and env["quick"] is True and env["threads"] == 1
     assert {r["subject"] for r in smoke["rows"]} == set(SUBJECTS)
     assert any(r["gate"] for r in smoke["rows"]), "no rows of our own methods"

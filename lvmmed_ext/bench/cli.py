@@ -92,15 +92,26 @@ def run_subjects(names: list[str], ctx: Context, profile_dir: str | None) -> lis
     return rows
 
 
+@contextlib.contextmanager
 def _thread_limits(threads: int | None):
-    """Limit BLAS/OpenMP pools of numpy-based peers too (threadpoolctl, when installed)."""
+    """torch's intra-op pool and the BLAS/OpenMP pools of numpy-based peers (threadpoolctl, when installed) at
+    `threads` for the run, restored afterwards so an in-process `main()` leaves the caller's settings alone."""
     if threads is None:
-        return contextlib.nullcontext()
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=threads)
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
         threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
-        if threads is not None:
-            torch.set_num_threads(threads)
         ctx = Context(
             device,
             quick=args.quick,
@@ -145,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with _thread_limits(threads):
                 rows = run_subjects(names, ctx, args.profile)
+                env = environment(ctx.device)  # records the thread count the run used
         except BenchmarkCorrectnessError as err:
             print(f"lvmmed bench: {err}", file=sys.stderr)
             return 1
-        env = environment(ctx.device)
         env.update(quick=args.quick, profiled=bool(args.profile), notes=ctx.notes, subjects=names)
         if args.json:
             env["json"] = args.json
