@@ -33,6 +33,7 @@ def collect() -> dict:
         "compiler": built["compiler"],
         "build_type": info_file.build_type,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_parallel": "at::parallel_for on torch's thread pool" if built["cpu_parallel"] else "serial (no OpenMP)",
         "ops": sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("lvmmed::")),
     }
 

@@ -230,9 +230,16 @@ std::tuple<EdgeListShape, EdgeListShape> validate_edge_affinity_backward(const a
   return {ss, st};
 }
 
+// One vectorised sum in the tensor's own precision (float32 for half types): NaN/Inf anywhere make it non-finite.
+// Summing in float64 instead would first materialise a float64 copy (25x slower on CPU: 37 ms for a batch of 1024
+// graphs' 80x80 edge affinities, more than half of solve_qap's time). A non-finite sum can also be an overflow of
+// finite values, so it falls back to the exact elementwise check.
 void check_finite_fast(const at::Tensor& t, const char* name) {
-  if (t.numel() == 0 || std::isfinite(t.sum(at::kDouble).item<double>())) return;
-  check_finite(t, name);  // a non-finite sum may also be an overflow of finite values
+  if (t.numel() == 0) return;
+  const auto st = t.scalar_type();
+  const at::Tensor total = (st == at::kFloat || st == at::kDouble) ? t.sum() : t.sum(at::kFloat);
+  if (std::isfinite(total.item<double>())) return;
+  check_finite(t, name);
 }
 
 LapShape validate_linear_assignment(const at::Tensor& score) {

@@ -36,6 +36,23 @@ def test_build_info_is_consistent():
     assert _loader.mismatch(built["torch_version"], None, torch.__version__, torch.version.cuda) is None
 
 
+def test_cpu_ops_run_on_torchs_thread_pool():
+    """The CPU glue's at::parallel_for is parallel (the module is built with OpenMP) and follows
+    torch.set_num_threads; on Linux the process maps a single OpenMP runtime (torch's)."""
+    assert lvmmed_ext._C.build_info()["cpu_parallel"], "built without OpenMP: every CPU op would run on one thread"
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert lvmmed_ext._C.cpu_parallel_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/maps") as f:
+            runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line or "libomp" in line}
+        assert len(runtimes) <= 1, f"more than one OpenMP runtime loaded: {sorted(runtimes)}"
+
+
 @pytest.mark.parametrize(
     "built, built_cuda, running, running_cuda, expected",
     [
