@@ -151,3 +151,65 @@ def test_module_entry_points(capsys):
         lvmmed(["pretrain", "--help"])
     assert e.value.code == 0 and "--backbone-lr-mult" in capsys.readouterr().out
     assert lvmmed([]) == 2 and "pretrain" in capsys.readouterr().out
+
+
+def test_config_file_settings_sit_between_the_demo_and_the_command_line(tmp_path):
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps({"data": "scans", "arch": "resnet18", "steps": 9, "lr": 1e-3, "out": "elsewhere",
+                                    "head_opts": {"noise_scale": 0.2}, "preprocessing": {"preset": "ct", "axis": 1},
+                                    "max_side": 128}))  # fmt: skip
+    from lvmmed_ext.train.cli import load_config_file
+
+    settings = load_config_file(str(cfg_file))
+    args = parser().parse_args(["--config", str(cfg_file), "--steps", "4", "--head-opt", "k=3", "--axis", "0"])
+    cfg = build_config(args, None, settings)
+    assert (cfg.arch, cfg.steps, cfg.lr) == ("resnet18", 4, 1e-3)  # the command line wins over the file
+    assert cfg.data == os.path.abspath("scans") and cfg.out == ""  # the file's out is ignored
+    assert cfg.head_opts == {"noise_scale": 0.2, "k": 3}
+    assert (cfg.preprocessing.preset, cfg.preprocessing.axis, cfg.preprocessing.max_side) == ("ct", 0, 128)
+
+
+def test_a_runs_config_json_repeats_it(run):
+    root, _, result = run
+    from lvmmed_ext.train.cli import load_config_file
+    from lvmmed_ext.train.trainer import TrainConfig
+
+    saved = os.path.join(result.out, "config.json")
+    cfg = build_config(parser().parse_args(["--config", saved, "--out", str(root / "again")]), None,
+                       load_config_file(saved))  # fmt: skip
+    with open(saved) as f:
+        original = TrainConfig.from_json(json.load(f))
+    assert cfg.out == str(root / "again")
+    cfg.out, cfg.global_batch = original.out, original.global_batch  # the folder, and a value derived at run time
+    assert cfg == original
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "does not exist"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object of settings, got list"),
+        ('{"stepz": 3}', "unknown setting 'stepz'"),
+        ('{"steps": "many"}', "steps = 'many' has the wrong type"),
+        ('{"lr": true}', "lr = True has the wrong type"),
+        ('{"crop_scale": [0.5]}', "crop_scale = [0.5] has the wrong type"),
+        ('{"preprocessing": {"gamma": 2}}', "unknown preprocessing key 'gamma'"),
+        ('{"head_opts": 3}', "head_opts = 3 has the wrong type"),
+        ('{"width": 2.5}', "width = 2.5 has the wrong type"),
+        ('{"preprocessing": {"window": [40, "x"]}}', "window = [40, 'x'] has the wrong type"),
+    ],
+)
+def test_bad_config_files_fail_cleanly(tmp_path, capsys, content, match):
+    path = tmp_path / "cfg" / "c.json"
+    path.parent.mkdir()
+    if content is not None:
+        path.write_text(content)
+    _fails_cleanly(capsys, ["pretrain", "--config", str(path), "--data", str(tmp_path), *TINY], match, tmp_path)
+
+
+def test_config_file_data_is_enough(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"data": str(tmp_path / "empty")}))
+    _fails_cleanly(capsys, ["pretrain", "--config", str(path), *TINY], "is empty", tmp_path)  # past the no-data check

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import json
 import os
 import sys
 import time
@@ -125,6 +126,15 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
             "checkpoint.pt, log.csv, loss.png, config.json and the exported backbone.pth/.json to --out.",
         )
     S = argparse.SUPPRESS  # options left out keep the default, the demo's value, or the resumed checkpoint's
+    if not ablate:
+        p.add_argument(
+            "--config",
+            default=None,
+            metavar="FILE",
+            help="a JSON object of settings named as in a run's config.json (data, arch, loss, head_opts, "
+            "batch_size, steps, lr, preprocessing or its keys, ...); options given on the command line override "
+            "it; its 'out' is ignored (pass --out), so a run's config.json repeats that run in a new folder",
+        )
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
     if ablate:
@@ -215,9 +225,73 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace, saved: dict | None):
+# Settings of a --config file that are not read: where the run goes (always --out or the default) and what is
+# derived from the other settings.
+_CONFIG_IGNORED = ("out", "global_batch")
+
+
+def load_config_file(path: str) -> dict:
+    """The settings of a ``--config`` JSON file as flat ``TrainConfig``/preprocessing keys (``preprocessing`` may
+    be nested, as in a run's config.json). Unknown keys, values of the wrong type and unreadable files raise
+    ``UsageError`` naming the file and the key."""
+    from .trainer import TrainConfig
+
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config {path} cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"--config {path} must hold a JSON object of settings, got {type(raw).__name__}")
+    flat = dict(raw)
+    prep = flat.pop("preprocessing", {})
+    if not isinstance(prep, dict):
+        raise UsageError(f"--config {path}: 'preprocessing' must be an object, got {prep!r}")
+    for key, value in prep.items():
+        if key in ("mean", "std"):  # fixed normalisation, recorded for the export only
+            continue
+        if key not in _PREP_KEYS:
+            raise UsageError(f"--config {path}: unknown preprocessing key {key!r}; known: {', '.join(_PREP_KEYS)}")
+        flat.setdefault(key, value)
+    for key in _CONFIG_IGNORED:
+        flat.pop(key, None)
+    fields = TrainConfig.__dataclass_fields__
+    known = sorted((set(fields) - set(_CONFIG_IGNORED)) | set(_PREP_KEYS))
+    prep_fields = Preprocessing.__dataclass_fields__
+    for key, value in flat.items():
+        if key not in known:
+            raise UsageError(f"--config {path}: unknown setting {key!r}; known: {', '.join(known)}")
+        f = fields[key] if key in fields else prep_fields[key]
+        if not _json_value_fits(value, str(f.type)):
+            raise UsageError(f"--config {path}: {key} = {value!r} has the wrong type (expected {f.type})")
+    return flat
+
+
+def _json_value_fits(value, annotation: str) -> bool:
+    """Whether a JSON value suits a dataclass field annotated ``annotation`` (``int``, ``float | None``,
+    ``tuple[float, float]``, ``dict``, ``str``, ``bool``)."""
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    if value is None:
+        return optional
+    if base.startswith("tuple["):
+        items = [t.strip() for t in base[len("tuple[") : -1].split(",")]
+        if not isinstance(value, list) or len(value) != len(items):
+            return False
+        return all(_json_value_fits(v, t) for v, t in zip(value, items))
+    if isinstance(value, bool):
+        return base == "bool"
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "dict": (dict,), "bool": (bool,)}
+    return isinstance(value, kinds.get(base, (object,)))
+
+
+def build_config(args: argparse.Namespace, saved: dict | None, file_settings: dict | None = None):
     """Merge, lowest priority first: TrainConfig defaults, the demo's settings, the resumed checkpoint's
-    settings, the options given on the command line."""
+    settings, the ``--config`` file's settings, the options given on the command line."""
     from .trainer import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__) | set(_PREP_KEYS)
@@ -235,6 +309,8 @@ def build_config(args: argparse.Namespace, saved: dict | None):
     if saved is not None:
         merged.update(TrainConfig.from_json(saved["config"]).to_json())
         merged.update(merged.pop("preprocessing"))
+    if file_settings:
+        merged.update(file_settings)
     merged.update(given)
     if head_opt or flag_opts:  # options add to (and override) the demo's / checkpoint's head options
         merged["head_opts"] = {**merged.get("head_opts", {}), **head_opt, **flag_opts}
@@ -278,11 +354,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         args.resume = ckpt_io.resolve_checkpoint_path(args.resume)
         saved = ckpt_io.load_checkpoint(args.resume)
+    file_settings = load_config_file(args.config) if args.config else None
     if args.demo and hasattr(args, "data"):
         raise UsageError("--demo uses the offline demo images; drop --data (or drop --demo to train on --data)")
-    if not args.demo and saved is None and not hasattr(args, "data"):
-        raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
-    cfg = build_config(args, saved)
+    if not args.demo and saved is None and not hasattr(args, "data") and not (file_settings or {}).get("data"):
+        raise UsageError("no data: pass --data DIR (a folder of images), --demo, or a --config file with 'data'")
+    cfg = build_config(args, saved, file_settings)
     demo = cfg.data == "demo"
     if demo and saved is None:
         cfg.head_opts = {**DEMO_HEAD_OPTS.get(cfg.loss, {}), **cfg.head_opts}
