@@ -14,6 +14,7 @@ from lvmmed_ext.cli import main as lvmmed
 from lvmmed_ext.data import Preprocessing
 from lvmmed_ext.errors import UsageError
 from lvmmed_ext.eval import evaluate, fit_logistic, knn_predict, load_labelled, scores, split_indices
+from lvmmed_ext.eval.probe import label_subset
 from lvmmed_ext.train import pretrain
 
 
@@ -35,6 +36,27 @@ def test_split_is_grouped_stratified_and_seeded():
     assert np.array_equal(again[1], test) and not np.array_equal(split_indices(labels, groups, 0.3, seed=1)[1], test)
     with pytest.raises(UsageError, match="test-frac must be in"):
         split_indices(labels, groups, 1.0, 0)
+
+
+def test_label_subset_is_grouped_stratified_nested_in_train_and_seeded():
+    labels = np.repeat([0, 1, 2], 40)
+    groups = np.repeat(np.arange(30), 4)  # 10 files per class, 4 slices each
+    train, test = split_indices(labels, groups, 0.3, seed=0)
+    for fraction in (0.01, 0.1, 0.5):
+        kept = label_subset(labels, groups, train, fraction, seed=0)
+        assert set(kept) <= set(train) and np.array_equal(kept, np.sort(kept))
+        for c in (0, 1, 2):
+            in_c = train[labels[train] == c]
+            n = (labels[kept] == c).sum()
+            assert n >= max(4, fraction * in_c.size) and n < in_c.size  # at least one file and the fraction
+        for g in np.unique(groups[kept]):  # whole files only
+            assert set(np.flatnonzero(groups == g)) <= set(kept)
+        assert np.array_equal(kept, label_subset(labels, groups, train, fraction, seed=0))
+    assert np.array_equal(label_subset(labels, groups, train, 1.0, seed=0), train)
+    assert not np.array_equal(label_subset(labels, groups, train, 0.3, 0), label_subset(labels, groups, train, 0.3, 1))
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(UsageError, match=r"--label-fraction must be in \(0, 1\]"):
+            label_subset(labels, groups, train, bad, 0)
 
 
 def test_linear_probe_and_knn_on_separable_features():
@@ -98,6 +120,10 @@ def test_evaluate_random_init_writes_results(tmp_path):
         assert os.path.isfile(r["confusion_png"])
     assert s["results"]["linear-probe"]["l2"] in (1e-3, 1e-2, 1e-1, 1.0)
     assert json.loads((out / "results_random.json").read_text())["classes"] == ["bright", "dark"]
+    few = evaluate(["knn"], "random", str(root), arch="resnet18", width=4, image_size=32, test_frac=0.25, k=3,
+                   label_fraction=0.1)  # fmt: skip
+    assert few["results"]["knn"]["n_train"] == 2 and few["results"]["knn"]["n_test"] == 4  # one file per class
+    assert "labels of 0.1 of each class's training files (2 images)" in few["split"]
 
 
 def test_eval_command_with_exported_weights_and_errors(tmp_path, capsys):
@@ -111,6 +137,7 @@ def test_eval_command_with_exported_weights_and_errors(tmp_path, capsys):
         (["--weights", str(tmp_path / "none.pth")], "does not exist"),
         (["--weights", str(root / "bright" / "0.png")], "cannot read weights"),
         (["--weights", run.weights, "--arch", "resnet50"], "do not fit resnet50"),
+        (["--weights", "random", "--label-fraction", "0"], "--label-fraction must be in (0, 1], got 0.0"),
     ):
         assert lvmmed(["eval", "linear-probe", "--data", str(root), *argv]) == 2
         err = capsys.readouterr().err.strip()

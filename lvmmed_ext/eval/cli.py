@@ -16,7 +16,15 @@ from ..data.datasets import ImageSet, LabelledImages
 from ..data.presets import Preprocessing
 from ..errors import UsageError
 from ..models import build_backbone, load_pretrained
-from .probe import LabelledData, extract_features, load_labelled, plot_confusion, run_probe, split_indices
+from .probe import (
+    LabelledData,
+    extract_features,
+    label_subset,
+    load_labelled,
+    plot_confusion,
+    run_probe,
+    split_indices,
+)
 
 METHODS = ("linear-probe", "knn")
 
@@ -105,6 +113,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int = 0,
     label: str | None = None,
+    label_fraction: float = 1.0,
 ) -> dict:
     """Evaluate frozen features of ``weights`` on a labelled set with each of ``methods``.
 
@@ -114,6 +123,8 @@ def evaluate(
             torchvision state_dict, or ``"random"``.
         data: folder with one sub-folder per class, CSV ``path,label[,split]``, or a loaded ``LabelledData``.
         out: folder for ``results.json`` and confusion-matrix PNGs (None: nothing written).
+        label_fraction: few-shot evaluation: the probes see the labels of only this fraction of each class's
+            training files (at least one file per class; the test set is unchanged).
 
     Returns:
         ``{"weights", "classes", "split", "results": {method: {accuracy, balanced_accuracy, confusion, ...}}}``.
@@ -138,6 +149,9 @@ def evaluate(
         split_desc = f"stratified by file, test fraction {test_frac}, seed {seed}"
     if len(train) == 0 or len(test) == 0:
         raise UsageError(f"the split left {len(train)} training and {len(test)} test images; need both > 0")
+    train = label_subset(data.labels, data.groups, train, label_fraction, seed)
+    if label_fraction < 1:
+        split_desc += f"; labels of {label_fraction:g} of each class's training files ({len(train)} images)"
     feats, ok = extract_features(backbone, LabelledImages(data.images, size), torch.device(device), batch_size, workers)
     train, test = train[ok[train]], test[ok[test]]
     n_classes = len(data.classes)
@@ -189,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-frac", type=float, default=0.3, help="test fraction per class when the CSV has no split column"
     )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="few-shot: keep the labels of this fraction of each class's training files (at least one; the test "
+        "set is unchanged), e.g. 0.01 0.1 (1.0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split / random-init / cross-validation seed")
     p.add_argument("--l2", default="auto", help="linear-probe L2 penalty, or 'auto' (3-fold CV on the training set)")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours")
@@ -210,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(
             [args.method], args.weights, args.data, out=out, arch=args.arch, width=args.width, in_chans=args.in_chans,
             image_size=args.image_size, test_frac=args.test_frac, seed=args.seed, l2=l2, k=args.k, device=args.device,
-            batch_size=args.batch_size, workers=args.workers,
+            batch_size=args.batch_size, workers=args.workers, label_fraction=args.label_fraction,
         )  # fmt: skip
     except UsageError as e:
         print(f"lvmmed eval: error: {e}", file=sys.stderr)

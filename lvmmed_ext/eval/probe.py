@@ -15,6 +15,9 @@ Protocol (what ``lvmmed eval`` does, fixed by the seed):
 5. kNN: cosine similarity of L2-normalised features, the ``k`` nearest training images vote with weights
    ``exp(sim / 0.07)``.
 6. Metrics: accuracy, balanced accuracy (mean recall over classes), confusion matrix (rows: true class).
+7. Few-shot (``label_fraction`` < 1): after the split, only that fraction of each class's training *files* keep
+   their labels (at least one file per class, chosen by ``seed``); the test set is unchanged, so scores at
+   different fractions are comparable.
 """
 
 from __future__ import annotations
@@ -148,6 +151,34 @@ def split_indices(labels: np.ndarray, groups: np.ndarray, test_frac: float, seed
             test |= member
             taken += int(member.sum())
     return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def label_subset(labels: np.ndarray, groups: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The training indices that keep their labels at ``fraction`` (0 < fraction <= 1): per class, shuffled files
+    are taken until they hold at least ``fraction`` of the class's training images (at least one file).
+
+    Example:
+        >>> label_subset(np.array([0, 0, 0, 0, 1, 1]), np.arange(6), np.arange(6), 0.5, seed=0).size
+        3
+    """
+    if not 0 < fraction <= 1:
+        raise UsageError(f"--label-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return train
+    rng = np.random.default_rng([seed, 1])  # not the split's stream: the same split at every fraction
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels[train]):
+        in_class = train[labels[train] == c]
+        cls_groups = np.unique(groups[in_class])
+        rng.shuffle(cls_groups)
+        taken = 0
+        for g in cls_groups:
+            member = in_class[groups[in_class] == g]
+            keep[member] = True
+            taken += member.size
+            if taken >= fraction * in_class.size:
+                break
+    return train[keep[train]]
 
 
 @torch.no_grad()
