@@ -1,8 +1,9 @@
-"""``lvmmed eval linear-probe|knn --weights W --data DIR``: frozen-feature evaluation of a backbone."""
+"""``lvmmed eval linear-probe|knn|finetune --weights W --data DIR``: evaluation of a backbone on labelled data."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -19,14 +20,16 @@ from ..models import build_backbone, load_pretrained
 from .probe import (
     LabelledData,
     extract_features,
+    finetune,
     label_subset,
     load_labelled,
     plot_confusion,
     run_probe,
+    scores,
     split_indices,
 )
 
-METHODS = ("linear-probe", "knn")
+METHODS = ("linear-probe", "knn", "finetune")
 
 
 def weights_info(weights: str) -> dict:
@@ -114,11 +117,16 @@ def evaluate(
     workers: int = 0,
     label: str | None = None,
     label_fraction: float = 1.0,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    backbone_lr_mult: float = 0.1,
 ) -> dict:
     """Evaluate frozen features of ``weights`` on a labelled set with each of ``methods``.
 
     Args:
-        methods: any of ``"linear-probe"``, ``"knn"`` (features are extracted once).
+        methods: any of ``"linear-probe"``, ``"knn"`` (frozen features, extracted once), ``"finetune"`` (a copy
+            of the backbone and a linear classifier trained end to end for ``epochs`` epochs, classifier lr
+            ``lr``, backbone ``lr * backbone_lr_mult``).
         weights: exported ``.pth`` (its ``.json`` beside it gives arch and preprocessing), a checkpoint, a
             torchvision state_dict, or ``"random"``.
         data: folder with one sub-folder per class, CSV ``path,label[,split]``, or a loaded ``LabelledData``.
@@ -157,7 +165,17 @@ def evaluate(
     n_classes = len(data.classes)
     results = {}
     for m in methods:
-        results[m] = run_probe(m, feats, data.labels, train, test, n_classes, seed=seed, l2=l2, k=k)
+        if m == "finetune":
+            pred = finetune(
+                copy.deepcopy(backbone), LabelledImages(data.images, size), data.labels, train, test, n_classes,
+                epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, device=device,
+                seed=seed, workers=workers,
+            )  # fmt: skip
+            results[m] = {"method": m, "n_train": int(len(train)), "n_test": int(len(test)), "epochs": epochs,
+                          "lr": lr, "backbone_lr_mult": backbone_lr_mult,
+                          **scores(data.labels[test], pred, n_classes)}  # fmt: skip
+        else:
+            results[m] = run_probe(m, feats, data.labels, train, test, n_classes, seed=seed, l2=l2, k=k)
     summary = {
         "weights": weights,
         "arch": getattr(backbone, "arch", None),
@@ -184,9 +202,10 @@ def evaluate(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvmmed eval",
-        description="Evaluate frozen backbone features on a labelled set (one sub-folder per class, or a CSV "
-        "path,label[,split]): a logistic-regression linear probe or a kNN classifier; prints accuracy and "
-        "balanced accuracy, writes a confusion-matrix PNG. Protocol: see lvmmed_ext/eval/probe.py.",
+        description="Evaluate a backbone on a labelled set (one sub-folder per class, or a CSV "
+        "path,label[,split]): a logistic-regression linear probe or a kNN classifier on frozen features, or "
+        "end-to-end fine-tuning with a linear classifier; prints accuracy and balanced accuracy, writes a "
+        "confusion-matrix PNG. Protocol: see lvmmed_ext/eval/probe.py.",
     )
     p.add_argument("method", choices=METHODS)
     p.add_argument("--weights", required=True, help="exported backbone .pth, a checkpoint, or 'random' (random init)")
@@ -213,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split / random-init / cross-validation seed")
     p.add_argument("--l2", default="auto", help="linear-probe L2 penalty, or 'auto' (3-fold CV on the training set)")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours")
+    p.add_argument("--epochs", type=int, default=10, help="finetune: epochs over the training images (10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="finetune: AdamW lr of the classifier (1e-3)")
+    p.add_argument("--backbone-lr-mult", type=float, default=0.1, help="finetune: backbone lr = --lr x this (0.1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
@@ -231,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(
             [args.method], args.weights, args.data, out=out, arch=args.arch, width=args.width, in_chans=args.in_chans,
             image_size=args.image_size, test_frac=args.test_frac, seed=args.seed, l2=l2, k=args.k, device=args.device,
-            batch_size=args.batch_size, workers=args.workers, label_fraction=args.label_fraction,
+            batch_size=args.batch_size, workers=args.workers, label_fraction=args.label_fraction, epochs=args.epochs,
+            lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
         )  # fmt: skip
     except UsageError as e:
         print(f"lvmmed eval: error: {e}", file=sys.stderr)

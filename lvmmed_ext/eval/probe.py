@@ -15,7 +15,12 @@ Protocol (what ``lvmmed eval`` does, fixed by the seed):
 5. kNN: cosine similarity of L2-normalised features, the ``k`` nearest training images vote with weights
    ``exp(sim / 0.07)``.
 6. Metrics: accuracy, balanced accuracy (mean recall over classes), confusion matrix (rows: true class).
-7. Few-shot (``label_fraction`` < 1): after the split, only that fraction of each class's training *files* keep
+7. Fine-tuning (``finetune``): the whole backbone plus a linear classifier, trained on the training images (whole
+   image resized, random horizontal flips) with cross-entropy by AdamW for ``epochs`` epochs (classifier lr
+   ``lr``, backbone ``lr * backbone_lr_mult``, cosine decay), BatchNorm in training mode, its running statistics
+   then recomputed over the training images; scored on the test images in eval mode. Deterministic on CPU for a
+   fixed seed.
+8. Few-shot (``label_fraction`` < 1): after the split, only that fraction of each class's training *files* keep
    their labels (at least one file per class, chosen by ``seed``); the test set is unchanged, so scores at
    different fractions are comparable.
 """
@@ -194,6 +199,84 @@ def extract_features(
         feats.append(pooled.float().cpu())
         ok.append(idx >= 0)
     return torch.cat(feats).numpy(), torch.cat(ok).numpy()
+
+
+def finetune(
+    backbone: nn.Module,
+    dataset: LabelledImages,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    n_classes: int,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    backbone_lr_mult: float = 0.1,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    workers: int = 0,
+) -> np.ndarray:
+    """Fine-tune ``backbone`` (in place) with a new linear classifier on ``dataset[train]``; return the predicted
+    labels of ``dataset[test]`` (protocol step 7).
+
+    ``labels [len(dataset)]`` int; ``train``/``test`` index arrays. Raises ``UsageError`` for epochs < 1 or lr <= 0.
+    """
+    if epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    if not lr > 0 or not backbone_lr_mult >= 0:
+        raise UsageError(f"--lr must be > 0 and --backbone-lr-mult >= 0, got {lr} and {backbone_lr_mult}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    backbone.to(device).eval()
+    with torch.no_grad():
+        dim = backbone.features(dataset[int(train[0])][0].unsqueeze(0).to(device))[0].shape[1]
+    backbone.train()
+    head = nn.Linear(dim, n_classes).to(device)
+    opt = torch.optim.AdamW(
+        [{"params": head.parameters(), "lr": lr}, {"params": backbone.parameters(), "lr": lr * backbone_lr_mult}],
+        weight_decay=1e-4,
+    )
+    single_last = len(train) > 1 and len(train) % batch_size == 1  # BatchNorm cannot train on a batch of one
+    steps_per_epoch = len(train) // batch_size if single_last else -(-len(train) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    y_all = torch.from_numpy(labels).long()
+    train_set = torch.utils.data.Subset(dataset, train.tolist())
+    for _ in range(epochs):
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=batch_size, shuffle=True, generator=gen, num_workers=workers, drop_last=single_last
+        )
+        for x, idx in loader:
+            flip = torch.rand(x.shape[0], generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            logits = head(backbone.features(x.to(device))[0])
+            loss = nn.functional.cross_entropy(logits.float(), y_all[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    # BatchNorm running statistics after a short fine-tuning lag far behind the weights (momentum 0.1): recompute
+    # them as exact averages over the training images before scoring in eval mode
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for x, _ in torch.utils.data.DataLoader(train_set, batch_size=batch_size, num_workers=workers,
+                                                drop_last=single_last):  # fmt: skip
+            backbone.features(x.to(device))
+    for m in norms:
+        m.momentum = 0.1
+    backbone.eval()
+    preds = []
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, test.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers
+    )
+    with torch.no_grad():
+        for x, _ in loader:
+            preds.append(head(backbone.features(x.to(device))[0]).argmax(1).cpu())
+    return torch.cat(preds).numpy()
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int = 100):
