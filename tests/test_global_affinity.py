@@ -212,9 +212,12 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (70000, 2, 3, 4), (1, 40, 1, 33)])
+@pytest.mark.parametrize(
+    "shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (70000, 2, 3, 4), (1, 40, 1, 33), (1, 2_100_000, 2, 1)]
+)
 def test_cuda_edge_shapes_match_cpu(shape):
-    # empty batches (no launch), G > 65535 (the batched product loops over grid.z slices), M = 1, zero rows
+    # empty batches (no launch), G > 65535 (the batched product loops over grid.z slices), M = 1, zero rows, more
+    # than 65535 row tiles of 32 (grid.y slices)
     G, N, M, F = shape
     z_s, z_t = make_pair(G, N, M, F, torch.float64, "cpu", 9, zero_rows=True, duplicate=True)
     a, b = z_s.cuda().requires_grad_(), z_t.cuda().requires_grad_()
