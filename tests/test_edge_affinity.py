@@ -224,3 +224,24 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
     a = z_s.detach().double().requires_grad_()
     (g_ref,) = torch.autograd.grad((reference.edge_affinity(a, e_s, z_t, e_t) * w.double()).sum(), (a,))
     assert_low_precision_ok(g_ours, g_peer, g_ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "shape", [(0, 4, 4, 3, 5, 5), (2, 5, 6, 3, 0, 7), (2, 5, 6, 3, 129, 1), (3, 2, 9, 130, 7, 257)]
+)
+def test_cuda_edge_shapes_match_cpu(shape):
+    # empty batch, an empty edge list, edge/feature counts that are not multiples of the block size
+    G, N, M, F, Es, Et = shape
+    z_s, e_s, z_t, e_t = make_graphs(G, N, M, F, Es, Et, torch.float64, "cpu", 8)
+    a, b = z_s.cuda().requires_grad_(), z_t.cuda().requires_grad_()
+    out = lvmmed_ext.edge_affinity(a, e_s.cuda(), b, e_t.cuda())
+    assert out.shape == (G, Es, Et)
+    assert_matches_reference(out.cpu(), lvmmed_ext.edge_affinity(z_s, e_s, z_t, e_t), torch.float64)
+    w = torch.randn(G, Es, Et, dtype=torch.float64)
+    g_gpu = torch.autograd.grad((out * w.cuda()).sum(), (a, b), allow_unused=True)
+    a, b = z_s.clone().requires_grad_(), z_t.clone().requires_grad_()
+    g_cpu = torch.autograd.grad((lvmmed_ext.edge_affinity(a, e_s, b, e_t) * w).sum(), (a, b), allow_unused=True)
+    for x, y in zip(g_gpu, g_cpu):
+        if x is not None and y is not None:
+            assert_matches_reference(x.cpu(), y, torch.float64)

@@ -209,3 +209,27 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
     a = z_s.detach().double().requires_grad_()
     (g_ref,) = torch.autograd.grad((reference.global_affinity(a, z_t.double()) * w.double()).sum(), (a,))
     assert_low_precision_ok(g_ours, g_peer, g_ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (70000, 2, 3, 4), (1, 40, 1, 33), (1, 2_100_000, 2, 1)]
+)
+def test_cuda_edge_shapes_match_cpu(shape):
+    # empty batches (no launch), G > 65535 (the batched product loops over grid.z slices), M = 1, zero rows, more
+    # than 65535 row tiles of 32 (grid.y slices)
+    G, N, M, F = shape
+    z_s, z_t = make_pair(G, N, M, F, torch.float64, "cpu", 9, zero_rows=True, duplicate=True)
+    a, b = z_s.cuda().requires_grad_(), z_t.cuda().requires_grad_()
+    out = lvmmed_ext.global_affinity(a, b)
+    assert out.shape == (G, N, M)
+    assert_matches_reference(out.cpu(), lvmmed_ext.global_affinity(z_s, z_t), torch.float64)
+    if N > 0:
+        assert (out[:, 0] == 0).all()  # zero vectors: cosine 0
+    w = torch.randn(G, N, M, dtype=torch.float64)
+    g_gpu = torch.autograd.grad((out * w.cuda()).sum(), (a, b), allow_unused=True)
+    a, b = z_s.clone().requires_grad_(), z_t.clone().requires_grad_()
+    g_cpu = torch.autograd.grad((lvmmed_ext.global_affinity(a, b) * w).sum(), (a, b), allow_unused=True)
+    for x, y in zip(g_gpu, g_cpu):
+        if x is not None and y is not None:
+            assert_matches_reference(x.cpu(), y, torch.float64)

@@ -119,3 +119,11 @@ def test_cuda_matches_cpu(dtype, shape, data):
 def test_cuda_too_many_nodes_error():
     with pytest.raises(ValueError, match=r"at most 4096 nodes"):
         lvmmed_ext.knn_graph(torch.randn(1, 4097, 2, device="cuda"), 3)
+
+
+@pytest.mark.cuda
+def test_cuda_empty_batch_and_largest_graph_match_cpu():
+    assert lvmmed_ext.knn_graph(torch.randn(0, 5, 3, device="cuda"), 2).shape == (0, 10, 2)
+    # N = 4096: the largest row of float64 distances in shared memory; integer points: many exact ties
+    z = make_points(1, 4096, 3, torch.float64, "cpu", 6, "integer")
+    assert torch.equal(lvmmed_ext.knn_graph(z.cuda(), 4).cpu(), lvmmed_ext.knn_graph(z, 4))

@@ -177,3 +177,35 @@ def test_cuda_ties_are_deterministic():
     a, b = lvmmed_ext.linear_assignment(S), lvmmed_ext.linear_assignment(S)
     assert torch.equal(a, b)
     assert_valid(a.cpu(), False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(0, 4, 4), (3, 0, 5), (3, 5, 0), (4, 1, 1), (4, 1, 6), (4, 6, 1), (3, 9, 4)])
+@pytest.mark.parametrize("partial", [False, True])
+def test_cuda_edge_shapes_match_cpu_exactly(shape, partial):
+    # empty batches, N = 1, M = 1 and N > M (every column matched, or partial): the same assignment as the CPU
+    S = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    X = lvmmed_ext.linear_assignment(S.cuda(), partial=partial)
+    assert X.shape == shape and X.device.type == "cuda"
+    assert_valid(X.cpu(), partial)
+    assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S, partial=partial))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("shape", [(200, 12, 12), (50, 7, 19), (50, 19, 7)])
+def test_cuda_ties_match_cpu_exactly(shape, partial):
+    # integer scores are full of exact ties: the CUDA team and the CPU use the same reduced costs and tie rules
+    S = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(3)).double()
+    for dtype in (torch.float64, torch.float32):
+        X = lvmmed_ext.linear_assignment(S.to(dtype).cuda(), partial=partial).cpu()
+        assert torch.equal(X, lvmmed_ext.linear_assignment(S.to(dtype), partial=partial))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision_is_solved_in_float32(dtype):
+    S = torch.randint(-4, 5, (8, 6, 9), generator=torch.Generator().manual_seed(4)).to(dtype)
+    X = lvmmed_ext.linear_assignment(S.cuda())
+    assert X.dtype == dtype
+    assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S))

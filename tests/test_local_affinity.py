@@ -446,3 +446,60 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
     a = y_s.detach().double().requires_grad_()
     (g_ref,) = torch.autograd.grad((reference.local_affinity(a, y_t, *pos, top_loc=4) * w.double()).sum(), (a,))
     assert_low_precision_ok(g_ours, g_peer, g_ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape,kw",
+    [
+        ((2, 3, 2, 9, 9, 4), {"top_loc": 4, "top_feat": 3}),
+        ((2, 2, 3, 5, 12, 3), {"top_loc": 100, "top_feat": 100}),  # clamped to P and Q
+        ((1, 1, 4, 1, 7, 2), {"top_loc": 2, "top_feat": None}),  # P = 1
+        ((3, 4, 1, 11, 1, 5), {"top_loc": 1, "top_feat": 1}),  # Q = 1
+    ],
+)
+def test_cuda_ties_and_zero_vectors_select_like_cpu(dtype, shape, kw):
+    # integer maps on integer grids: exact feature and location ties everywhere (the lower index wins in the
+    # nearest neighbours and in the top-k) and zero vectors (cosine 0): the recorded selections equal the CPU's
+    G, N, M, P, Q, D = shape
+    y_s, y_t = make_maps(G, N, M, P, Q, D, dtype, "cpu", 40, zero=True, integer=True)
+    pos = make_positions(G, N, M, P, Q, "cpu", 41, grid=True)
+    out, m = torch.ops.lvmmed.local_affinity(
+        y_s.cuda(), y_t.cuda(), pos[0].cuda(), pos[1].cuda(), kw["top_loc"], kw["top_feat"]
+    )
+    out_cpu, m_cpu = torch.ops.lvmmed.local_affinity(y_s, y_t, *pos, kw["top_loc"], kw["top_feat"])
+    assert torch.equal(m.cpu(), m_cpu)
+    assert_matches_reference(out, out_cpu, dtype)
+    out, m = torch.ops.lvmmed.local_affinity(y_s.cuda(), y_t.cuda(), None, None, kw["top_loc"], kw["top_feat"])
+    out_cpu, m_cpu = torch.ops.lvmmed.local_affinity(y_s, y_t, None, None, kw["top_loc"], kw["top_feat"])
+    assert torch.equal(m.cpu(), m_cpu)
+    assert_matches_reference(out, out_cpu, dtype)
+
+
+@pytest.mark.cuda
+def test_cuda_empty_batches_and_zero_maps():
+    dev = "cuda"
+    assert lvmmed_ext.local_affinity(
+        torch.randn(0, 3, 4, 5, device=dev), torch.randn(0, 2, 4, 5, device=dev)
+    ).shape == (
+        0,
+        3,
+        2,
+    )
+    assert lvmmed_ext.local_affinity(
+        torch.randn(2, 0, 4, 5, device=dev), torch.randn(2, 2, 4, 5, device=dev)
+    ).shape == (
+        2,
+        0,
+        2,
+    )
+    y_s = torch.randn(2, 3, 4, 5, device=dev, requires_grad=True)
+    lvmmed_ext.local_affinity(y_s, torch.randn(2, 0, 4, 5, device=dev)).sum().backward()
+    assert (y_s.grad == 0).all()
+    y_s = torch.zeros(1, 2, 3, 4, device=dev, requires_grad=True)
+    y_t = torch.randn(1, 2, 3, 4, device=dev, requires_grad=True)
+    out = lvmmed_ext.local_affinity(y_s, y_t)
+    assert (out == 0).all()
+    out.sum().backward()
+    assert (y_s.grad == 0).all() and y_t.grad.isfinite().all()

@@ -446,3 +446,53 @@ def test_cuda_large_kb_and_dense_and_many_small():
     X = lvmmed_ext.solve_qap(**p.inputs())
     assert_assignment(X.cpu(), False)
     assert torch.equal(X, lvmmed_ext.solve_qap(**p.inputs()))  # deterministic on the GPU too
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "shape,partial",
+    [
+        ((0, 4, 4, 5, 5), False),  # G = 0
+        ((3, 1, 1, 1, 1), False),  # N = M = 1
+        ((3, 1, 5, 2, 3), True),  # N = 1
+        ((4, 6, 9, 10, 12), False),  # N < M: free columns
+        ((4, 9, 6, 12, 10), True),  # N > M: partial only
+        ((3, 5, 5, 0, 7), False),  # an empty edge list (no quadratic edge term)
+        ((3, 5, 7, -1, -1), True),  # no edges at all
+    ],
+)
+@pytest.mark.parametrize("method", ["lap", "ls", "ils", "ga", "faq"])
+@pytest.mark.parametrize("kb", [False, True])
+def test_cuda_edge_shapes_valid_and_as_good_as_cpu(shape, partial, method, kb):
+    G, N, M, Es, Et = shape
+    p = random_problem(G, N, M, Es, Et, 11, kb=kb, loops=True)
+    pc = {k: v.cuda() for k, v in p.items()}
+    X = lvmmed_ext.solve_qap(**pc, method=method, partial=partial, generator=torch.Generator().manual_seed(0))
+    assert X.shape == (G, N, M) and X.device.type == "cuda"
+    X = X.cpu()
+    assert_assignment(X, partial)
+    Xc = lvmmed_ext.solve_qap(**p, method=method, partial=partial, generator=torch.Generator().manual_seed(0))
+    assert_assignment(Xc, partial)
+    if method == "lap":  # the exact LAP picks the same assignment on both devices
+        assert torch.equal(X, Xc)
+    if method in ("ls", "ils"):  # the same engine on both devices (rounding may still steer it elsewhere)
+        f_gpu, f_cpu = objective(X, p).sum(), objective(Xc, p).sum()
+        assert f_gpu >= f_cpu - 0.05 * objective(Xc, p).abs().sum() - 1e-9, (f_gpu, f_cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("partial", [False, True])
+def test_cuda_warm_starts(partial):
+    # a valid 0/1 init is taken as is, a soft one is rounded by the team LAP; the search never ends below the start
+    p = random_problem(5, 7, 9, 14, 18, 12)
+    pc = {k: v.cuda() for k, v in p.items()}
+    soft = torch.rand(5, 7, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hard = lvmmed_ext.linear_assignment(soft, partial=partial)
+    for init in (soft, hard):
+        X = lvmmed_ext.solve_qap(**pc, init=init.cuda(), partial=partial, method="ls").cpu()
+        assert_assignment(X, partial)
+        Xc = lvmmed_ext.solve_qap(**p, init=init, partial=partial, method="ls")
+        f_gpu, f_cpu = objective(X, p).sum(), objective(Xc, p).sum()
+        assert f_gpu >= f_cpu - 0.05 * objective(Xc, p).abs().sum() - 1e-9, (f_gpu, f_cpu)
+    X = lvmmed_ext.solve_qap(**pc, init=hard.cuda(), partial=partial, method="ls", max_iter=0).cpu()
+    assert (objective(X, p) >= objective(hard, p) - 1e-9).all()

@@ -59,6 +59,7 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+constexpr int kMaxGridY = 65535;
 constexpr int kMaxGridZ = 65535;
 
 inline unsigned ceil_div(index_t a, index_t b) {

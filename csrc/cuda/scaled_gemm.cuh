@@ -25,13 +25,14 @@ constexpr int kGemmRowsPerThread = 4;
 template <typename TA, typename TB, typename TC, typename A_t>
 __global__ void __launch_bounds__(kGemmTile* kGemmTile / kGemmRowsPerThread)
     scaled_gemm_kernel(const TA* __restrict__ a, Strides3 sa, const TB* __restrict__ b, Strides3 sb, TC* __restrict__ c,
-                       Strides3 sc, Scales<A_t> scales, index_t rows, index_t cols, index_t K, index_t g0) {
+                       Strides3 sc, Scales<A_t> scales, index_t rows, index_t cols, index_t K, index_t g0,
+                       index_t tile0) {
   __shared__ A_t As[kGemmK][kGemmTile + 1];
   __shared__ A_t Bs[kGemmK][kGemmTile + 1];
   const index_t g = g0 + blockIdx.z;
   const int tx = threadIdx.x, ty = threadIdx.y;  // blockDim = (32, 8)
   const int tid = ty * kGemmTile + tx;
-  const index_t row0 = static_cast<index_t>(blockIdx.y) * kGemmTile;
+  const index_t row0 = (tile0 + blockIdx.y) * kGemmTile;  // tile0: first row tile of this launch
   const index_t col0 = static_cast<index_t>(blockIdx.x) * kGemmTile;
   const TA* ag = a + g * sa.batch;
   const TB* bg = b + g * sb.batch;
@@ -77,10 +78,16 @@ cudaError_t scaled_gemm(const TA* a, Strides3 sa, const TB* b, Strides3 sb, TC* 
                         index_t G, index_t rows, index_t cols, index_t K, cudaStream_t stream) {
   if (G == 0 || rows == 0 || cols == 0) return cudaSuccess;
   const dim3 block(kGemmTile, kGemmTile / kGemmRowsPerThread);
+  const index_t row_tiles = (rows + kGemmTile - 1) / kGemmTile;
+  // grid.y and grid.z are at most 65535: slices of row tiles and of graphs
   for (index_t g0 = 0; g0 < G; g0 += kMaxGridZ) {
     const index_t gz = G - g0 < kMaxGridZ ? G - g0 : kMaxGridZ;
-    const dim3 grid(ceil_div(cols, kGemmTile), ceil_div(rows, kGemmTile), static_cast<unsigned>(gz));
-    scaled_gemm_kernel<TA, TB, TC, A_t><<<grid, block, 0, stream>>>(a, sa, b, sb, c, sc, scales, rows, cols, K, g0);
+    for (index_t t0 = 0; t0 < row_tiles; t0 += kMaxGridY) {
+      const index_t ty = row_tiles - t0 < kMaxGridY ? row_tiles - t0 : kMaxGridY;
+      const dim3 grid(ceil_div(cols, kGemmTile), static_cast<unsigned>(ty), static_cast<unsigned>(gz));
+      scaled_gemm_kernel<TA, TB, TC, A_t>
+          <<<grid, block, 0, stream>>>(a, sa, b, sb, c, sc, scales, rows, cols, K, g0, t0);
+    }
   }
   return cudaGetLastError();
 }

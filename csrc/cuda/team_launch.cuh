@@ -44,10 +44,12 @@ inline int team_threads(index_t width) {
   return width <= 128 ? 128 : (width <= 512 ? 256 : 512);
 }
 
-// Opt the kernel into the dynamic shared memory of the launch (no-op for the global-workspace path).
+// Opt the kernel into the dynamic shared memory of the launch (no-op for the global-workspace path). Without the
+// opt-in a block gets 48 KB of shared memory in all, the kernel's static reduction slots included, so the opt-in is
+// needed from 48 KB - kTeamStaticSmem of dynamic scratch on (e.g. a 300 x 700 LAP: 48808 bytes + 512 static).
 template <typename Kernel>
 cudaError_t prepare_team_kernel(Kernel kernel, const TeamLaunch& l) {
-  if (!l.use_smem || l.bytes <= 48 * 1024) return cudaSuccess;
+  if (!l.use_smem || l.bytes + kTeamStaticSmem <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(l.bytes));
 }
 

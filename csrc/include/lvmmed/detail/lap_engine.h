@@ -134,7 +134,8 @@ LVMMED_TEAM_FN void lap_min(const Team& team, int n, int m, const Cost& cost, co
       } else {
         team.range(m, [&](index_t j) {
           if (w.scanned[j]) return;
-          const double r = min_val + cost(i, static_cast<int>(j)) - ui - w.v[j];
+          // the serial path's operation order: bit-identical reduced costs, so the same ties on CPU and CUDA
+          const double r = (min_val - ui) + cost(i, static_cast<int>(j)) - w.v[j];
           if (r < w.shortest[j]) {
             w.shortest[j] = r;
             w.path[j] = i;
