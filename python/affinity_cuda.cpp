@@ -22,6 +22,7 @@ namespace lvmmed::glue {
 namespace {
 
 at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
+  const NvtxRange nvtx("lvmmed::global_affinity");
   const auto s = validate_global_affinity(z_s, z_t);
   check_cuda(z_s, "z_s");
   const c10::cuda::CUDAGuard guard(z_s.device());
@@ -36,6 +37,7 @@ at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
 
 std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cuda(const at::Tensor& grad, const at::Tensor& z_s,
                                                                  const at::Tensor& z_t) {
+  const NvtxRange nvtx("lvmmed::global_affinity_backward");
   const auto s = validate_global_affinity_backward(grad, z_s, z_t);
   check_cuda(z_s, "z_s");
   const c10::cuda::CUDAGuard guard(z_s.device());
@@ -77,6 +79,7 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_cuda(const at::Tensor& y_s, co
                                                        const std::optional<at::Tensor>& pos_s,
                                                        const std::optional<at::Tensor>& pos_t, int64_t top_loc,
                                                        std::optional<int64_t> top_feat) {
+  const NvtxRange nvtx("lvmmed::local_affinity");
   const auto s = validate_local_affinity(y_s, y_t, pos_s, pos_t, top_loc, top_feat);
   check_cuda(y_s, "y_s");
   TORCH_CHECK_VALUE(s.P <= cuda::kLocalAffinityMaxCells && s.Q <= cuda::kLocalAffinityMaxCells,
@@ -128,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
                                                                 const at::Tensor& y_t, const at::Tensor& matches,
                                                                 bool with_positions, int64_t top_loc,
                                                                 std::optional<int64_t> top_feat) {
+  const NvtxRange nvtx("lvmmed::local_affinity_backward");
   const auto s = validate_local_affinity_backward(grad, y_s, y_t, matches, with_positions, top_loc, top_feat);
   check_cuda(y_s, "y_s");
   const c10::cuda::CUDAGuard guard(y_s.device());
@@ -176,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
 }
 
 at::Tensor knn_graph_cuda(const at::Tensor& z, int64_t k) {
+  const NvtxRange nvtx("lvmmed::knn_graph");
   const auto s = validate_knn_graph(z, k);
   check_cuda(z, "z");
   TORCH_CHECK_VALUE(s.N <= cuda::kKnnGraphMaxNodes, "knn_graph on CUDA takes at most ", cuda::kKnnGraphMaxNodes,
@@ -198,6 +203,7 @@ at::Tensor edge_vectors_cuda(const at::Tensor& z, const at::Tensor& edges, const
 
 at::Tensor edge_affinity_cuda(const at::Tensor& z_s, const at::Tensor& edges_s, const at::Tensor& z_t,
                               const at::Tensor& edges_t) {
+  const NvtxRange nvtx("lvmmed::edge_affinity");
   const auto [ss, st] = validate_edge_affinity(z_s, edges_s, z_t, edges_t);
   check_cuda(z_s, "z_s");
   const c10::cuda::CUDAGuard guard(z_s.device());
@@ -209,6 +215,7 @@ at::Tensor edge_affinity_cuda(const at::Tensor& z_s, const at::Tensor& edges_s, 
 std::tuple<at::Tensor, at::Tensor> edge_affinity_backward_cuda(const at::Tensor& grad, const at::Tensor& z_s,
                                                                const at::Tensor& edges_s, const at::Tensor& z_t,
                                                                const at::Tensor& edges_t) {
+  const NvtxRange nvtx("lvmmed::edge_affinity_backward");
   const auto [ss, st] = validate_edge_affinity_backward(grad, z_s, edges_s, z_t, edges_t);
   check_cuda(z_s, "z_s");
   const c10::cuda::CUDAGuard guard(z_s.device());

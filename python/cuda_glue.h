@@ -1,6 +1,7 @@
 // Helpers of the CUDA glue files (*_cuda.cpp).
 #pragma once
 #include <ATen/ATen.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
 
@@ -30,6 +31,17 @@ inline DType cuda_dtype(const at::Tensor& t, const char* name) {
 inline void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor here, got device ", t.device());
 }
+
+// An NVTX range named after the op around all of its launches, so Nsight Systems shows which op every kernel
+// belongs to (lvmmed bench --profile; nsys profile -t cuda,nvtx). Header-only NVTX 3: a no-op unless a profiler
+// is attached.
+class NvtxRange {
+ public:
+  explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
+  ~NvtxRange() { nvtxRangePop(); }
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+};
 
 // Scratch bytes from torch's caching allocator on like's device (never a raw cudaMalloc).
 inline at::Tensor cuda_workspace(int64_t bytes, const at::Tensor& like) {

@@ -96,6 +96,7 @@ at::Tensor compute_input(const at::Tensor& t) {
 }
 
 at::Tensor linear_assignment_op(const at::Tensor& score, bool maximize, bool partial) {
+  const NvtxRange nvtx("lvmmed::linear_assignment");
   const auto s = validate_linear_assignment(score);
   check_cuda(score, "score");
   const c10::cuda::CUDAGuard guard(score.device());
@@ -107,6 +108,7 @@ at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>
                         const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B,
                         const std::optional<at::Tensor>& init, bool partial, c10::string_view method, int64_t max_iter,
                         int64_t seed) {
+  const NvtxRange nvtx("lvmmed::solve_qap");
   const auto s = validate_solve_qap(unary, quad, edges_s, edges_t, A, B, init, partial);
   check_cuda(unary, "unary");
   const c10::cuda::CUDAGuard guard(unary.device());
@@ -117,6 +119,7 @@ at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>
 at::Tensor qap_objective_op(const at::Tensor& X, const at::Tensor& unary, const std::optional<at::Tensor>& quad,
                             const std::optional<at::Tensor>& edges_s, const std::optional<at::Tensor>& edges_t,
                             const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B) {
+  const NvtxRange nvtx("lvmmed::qap_objective");
   const auto s = validate_qap(unary, quad, edges_s, edges_t, A, B, X, "X", false);
   check_cuda(unary, "unary");
   const c10::cuda::CUDAGuard guard(unary.device());
@@ -130,6 +133,7 @@ std::vector<at::Tensor> qap_objective_backward_op(const at::Tensor& grad, const 
                                                   const std::optional<at::Tensor>& edges_t,
                                                   const std::optional<at::Tensor>& A,
                                                   const std::optional<at::Tensor>& B) {
+  const NvtxRange nvtx("lvmmed::qap_objective_backward");
   const auto s = validate_qap_objective_backward(grad, X, unary, quad, edges_s, edges_t, A, B);
   check_cuda(unary, "unary");
   const c10::cuda::CUDAGuard guard(unary.device());

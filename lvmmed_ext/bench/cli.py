@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         metavar="DIR",
         help="a torch.profiler trace (and op summary) per subject in DIR, named ranges (NVTX on CUDA) per case and "
-        "call (the trace holds only the timed calls); at most 3 repeats/rounds per case",
+        "call (the trace holds only the timed calls; on CUDA each lvmmed op also opens an NVTX range lvmmed::<op> "
+        "around its launches); at most 3 repeats/rounds per case",
     )
     ap.add_argument("--profile-peers", action="store_true", help="with --profile: trace the slow per-graph peers too")
     ap.add_argument("--markdown", action="store_true", help="print the results as Markdown tables")
