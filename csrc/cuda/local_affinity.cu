@@ -66,6 +66,26 @@ __device__ A_t select_and_sum(const double* dist, int* nn, index_t n, index_t k,
   return block_sum(acc, scratch);
 }
 
+// For each of the n_from cells at `from` [n_from,2] (float64 positions), the squared distance to its nearest cell at
+// `to` [n_to,2] and that cell's index (the lower index on ties); the block's threads share the cells.
+__device__ void nearest_positions(const double* from, index_t n_from, const double* to, index_t n_to, double* dist,
+                                  int* nn) {
+  for (index_t p = threadIdx.x; p < n_from; p += kThreads) {
+    double best = 0;
+    int arg = 0;
+    for (index_t q = 0; q < n_to; ++q) {
+      const double dx = from[2 * p] - to[2 * q], dy = from[2 * p + 1] - to[2 * q + 1];
+      const double d = dx * dx + dy * dy;
+      if (q == 0 || d < best) {
+        best = d;
+        arg = static_cast<int>(q);
+      }
+    }
+    dist[p] = best;
+    nn[p] = arg;
+  }
+}
+
 template <typename T, typename A_t>
 __global__ void __launch_bounds__(kThreads)
     local_forward_kernel(const A_t* __restrict__ gram, const A_t* __restrict__ sq_s, const A_t* __restrict__ inv_s,
@@ -133,36 +153,10 @@ __global__ void __launch_bounds__(kThreads)
     if (s.with_positions) {  // the same with location neighbours (float64 distances between cell positions)
       const double* ps = pos_s + node * P * 2;
       const double* pt = pos_t + (g * M + a) * Q * 2;
-      for (index_t p = tid; p < P; p += kThreads) {
-        double best = 0;
-        int arg = 0;
-        for (index_t q = 0; q < Q; ++q) {
-          const double dx = ps[2 * p] - pt[2 * q], dy = ps[2 * p + 1] - pt[2 * q + 1];
-          const double d = dx * dx + dy * dy;
-          if (q == 0 || d < best) {
-            best = d;
-            arg = static_cast<int>(q);
-          }
-        }
-        dist[p] = best;
-        nn[p] = arg;
-      }
+      nearest_positions(ps, P, pt, Q, dist, nn);
       __syncthreads();
       const A_t loc_st = select_and_sum(dist, nn, P, s.loc_s, m + P + Q, cos_st, scratch);
-      for (index_t q = tid; q < Q; q += kThreads) {
-        double best = 0;
-        int arg = 0;
-        for (index_t p = 0; p < P; ++p) {
-          const double dx = ps[2 * p] - pt[2 * q], dy = ps[2 * p + 1] - pt[2 * q + 1];
-          const double d = dx * dx + dy * dy;
-          if (p == 0 || d < best) {
-            best = d;
-            arg = static_cast<int>(p);
-          }
-        }
-        dist[q] = best;
-        nn[q] = arg;
-      }
+      nearest_positions(pt, Q, ps, P, dist, nn);
       __syncthreads();
       const A_t loc_ts = select_and_sum(dist, nn, Q, s.loc_t, m + 2 * P + Q, cos_ts, scratch);
       l_st = 0.5 * (l_st + double(loc_st) / double(s.loc_s));

@@ -20,18 +20,6 @@ TeamLaunch edges_launch(QAPShape s) {
   return plan_team_launch(s.G, 4 * adjacency_ints(s) + 8, team_threads(s.N));
 }
 
-template <typename T>
-QAPInputs<T> typed(const QAPInputs<void>& in) {
-  QAPInputs<T> t;
-  t.unary = static_cast<const T*>(in.unary);
-  t.quad = static_cast<const T*>(in.quad);
-  t.edges_s = in.edges_s;
-  t.edges_t = in.edges_t;
-  t.A = static_cast<const T*>(in.A);
-  t.B = static_cast<const T*>(in.B);
-  return t;
-}
-
 // out = unary (Gradient) or unary * X (Forward / Transpose), then + (K_e + K_e^T) x, K_e x or K_e^T x.
 template <typename T>
 __global__ void __launch_bounds__(512)
@@ -121,8 +109,8 @@ cudaError_t launch_product(const void* X, const QAPInputs<void>& in, void* out, 
   const TeamLaunch l = edges_launch(s);
   LVMMED_CUDA_TRY(prepare_team_kernel(edge_product_kernel<T>, l));
   edge_product_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      static_cast<const T*>(X), typed<T>(in), static_cast<T*>(out), s, mode, static_cast<unsigned char*>(workspace),
-      l.bytes, l.use_smem);
+      static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s, mode,
+      static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }
 
@@ -150,7 +138,7 @@ cudaError_t qap_edge_objective(DType dtype, const void* X, QAPInputs<void> in, v
   return by_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     edge_objective_kernel<T><<<static_cast<unsigned>(std::min<index_t>(s.G, index_t{1} << 30)), 256, 0, stream>>>(
-        static_cast<const T*>(X), typed<T>(in), static_cast<T*>(out), s);
+        static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s);
     return cudaGetLastError();
   });
 }
@@ -177,8 +165,8 @@ cudaError_t qap_quad_grad(DType dtype, const void* grad, const void* X, QAPInput
   return by_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const unsigned blocks = static_cast<unsigned>(std::min<index_t>(ceil_div(total, 256), index_t{1} << 20));
-    quad_grad_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(grad), static_cast<const T*>(X), typed<T>(in),
-                                                    static_cast<T*>(out), s);
+    quad_grad_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(grad), static_cast<const T*>(X),
+                                                    typed_inputs<T>(in), static_cast<T*>(out), s);
     return cudaGetLastError();
   });
 }

@@ -40,18 +40,6 @@ __global__ void __launch_bounds__(kSearchThreads, 2)
 }
 
 template <typename T>
-QAPInputs<T> typed(const QAPInputs<void>& in) {
-  QAPInputs<T> t;
-  t.unary = static_cast<const T*>(in.unary);
-  t.quad = static_cast<const T*>(in.quad);
-  t.edges_s = in.edges_s;
-  t.edges_t = in.edges_t;
-  t.A = static_cast<const T*>(in.A);
-  t.B = static_cast<const T*>(in.B);
-  return t;
-}
-
-template <typename T>
 cudaError_t launch(const QAPInputs<void>& in, const void* init, std::int64_t* assign, void* workspace, QAPShape s,
                    const QAPSearchOptions& o, cudaStream_t stream) {
   if (s.G == 0 || s.N == 0) return cudaSuccess;
@@ -59,7 +47,7 @@ cudaError_t launch(const QAPInputs<void>& in, const void* init, std::int64_t* as
   LVMMED_CUDA_TRY(prepare_team_kernel(qap_search_kernel<T>, l));
   const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
   qap_search_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      typed<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
+      typed_inputs<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
       static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }

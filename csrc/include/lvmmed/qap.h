@@ -34,6 +34,19 @@ struct QAPInputs {
   const T* B = nullptr;                   // [G,M,M] or null
 };
 
+// The typed view of the type-erased inputs the CUDA launchers receive (T = the DType tag's type).
+template <typename T>
+QAPInputs<T> typed_inputs(const QAPInputs<void>& in) {
+  QAPInputs<T> t;
+  t.unary = static_cast<const T*>(in.unary);
+  t.quad = static_cast<const T*>(in.quad);
+  t.edges_s = in.edges_s;
+  t.edges_t = in.edges_t;
+  t.A = static_cast<const T*>(in.A);
+  t.B = static_cast<const T*>(in.B);
+  return t;
+}
+
 // What qap_search runs per graph (method "ls", "ils" and the polish of the batched methods).
 struct QAPSearchOptions {
   bool partial = false;     // row/column sums <= 1 (unmatched contributes 0) instead of every row matched

@@ -387,7 +387,7 @@ def markdown(rows: list[dict]) -> str:
             "#### GPU throughput",
             "",
             "| family | N | batch | method | time per batch | graphs/s |",
-            "| --- |" * 1 + " ---: | ---: | --- | ---: | ---: |",
+            "| --- | ---: | ---: | --- | ---: | ---: |",
         ]
         for r in thr:
             p = r["params"]
