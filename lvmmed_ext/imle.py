@@ -35,14 +35,14 @@ def edge_pair_indicators(X: Tensor, edges_s: Tensor, edges_t: Tensor) -> Tensor:
 
 class _PerturbAndMAP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, unary, quad, eps_v, eps_e, solve, pairs, lam):
+    def forward(ctx, unary, quad, eps_v, eps_e, solve, pairs, lam, stats):
         S = eps_v.shape[0]
         work = eps_v.dtype  # float64 for float64 scores, else float32 (half-precision scores are upcast)
         theta = unary.detach().to(work).unsqueeze(0) + eps_v  # [S,G,N,M]
         q = None if quad is None else (quad.detach().to(work).unsqueeze(0) + eps_e).flatten(0, 1)
         X = solve(theta.flatten(0, 1), q, None).to(work).view_as(theta)
         ctx.save_for_backward(theta, X)
-        ctx.q, ctx.solve, ctx.pairs, ctx.lam, ctx.S = q, solve, pairs, lam, S
+        ctx.q, ctx.solve, ctx.pairs, ctx.lam, ctx.S, ctx.stats = q, solve, pairs, lam, S, stats
         ctx.quad_dtype = None if quad is None else quad.dtype
         return X.mean(0).to(unary.dtype)
 
@@ -53,11 +53,13 @@ class _PerturbAndMAP(torch.autograd.Function):
         target = theta - lam * grad.to(theta.dtype).unsqueeze(0)
         X2 = ctx.solve(target.flatten(0, 1), ctx.q, X.flatten(0, 1)).to(theta.dtype).view_as(X)
         g_unary = ((X - X2).mean(0) / lam).to(grad.dtype)
+        if ctx.stats is not None:  # rows where the two solves differ: the only ones with a gradient
+            ctx.stats["grad_nodes"] = float((X != X2).any(-1).float().mean())
         g_quad = None
         if ctx.quad_dtype is not None and ctx.needs_input_grad[1]:
             diff = ctx.pairs(X.flatten(0, 1)) - ctx.pairs(X2.flatten(0, 1))
             g_quad = (diff.view(ctx.S, -1, *diff.shape[1:]).mean(0) / lam).to(ctx.quad_dtype)
-        return g_unary, g_quad, None, None, None, None, None
+        return g_unary, g_quad, None, None, None, None, None, None
 
 
 def _builtin_solver(name: str, edges_s, edges_t, S: int, solver_kwargs: dict) -> Solver:
@@ -92,6 +94,7 @@ def imle(
     noise_scale: float = 1.0,
     samples: int = 1,
     generator: torch.Generator | None = None,
+    stats: dict | None = None,
     **solver_kwargs,
 ) -> Tensor:
     """Differentiable MAP matching by perturb-and-MAP with the IMLE gradient estimator.
@@ -107,6 +110,8 @@ def imle(
         noise, noise_scale: perturbation of both unary and quadratic scores (see :mod:`lvmmed_ext.noise`).
         samples: S >= 1 noise samples, solved in one batched call; the result is their mean.
         generator: a ``torch.Generator`` on the device of ``unary`` (reproducible noise).
+        stats: optional dict; the backward sets ``stats["grad_nodes"]``, the fraction of rows (over samples and
+            graphs) whose perturbed and target matchings differ, i.e. that carry gradient.
 
     Returns:
         ``[G,N,M]`` mean of the S sampled matchings (0/1 when S = 1), dtype of ``unary``.
@@ -133,4 +138,6 @@ def imle(
     def pairs(X):
         return edge_pair_indicators(X, edges_s.repeat(S, 1, 1), edges_t.repeat(S, 1, 1))
 
-    return _PerturbAndMAP.apply(unary, quad, eps_v, eps_e, solve, pairs if quad is not None else None, float(lam))
+    return _PerturbAndMAP.apply(
+        unary, quad, eps_v, eps_e, solve, pairs if quad is not None else None, float(lam), stats
+    )

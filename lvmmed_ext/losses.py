@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .diagnostics import StepStats
 from .distributed import all_gather_with_grad, rank, world_size
 from .imle import imle
 from .noise import NOISE_KINDS
@@ -116,6 +117,7 @@ def gm_loss(
     top_feat: int | None = None,
     margin: float = 0.0,
     distributed: bool = False,
+    stats: dict | None = None,
 ):
     """LVM-Med second-order graph-matching loss with a perturb-and-MAP (IMLE) gradient.
 
@@ -142,6 +144,10 @@ def gm_loss(
             ablation's margin (use with noise="none").
         distributed: under ``torch.distributed``, gather both views from all ranks so graphs span the global
             batch; each rank solves its share of graphs and gradients reach each rank's own rows.
+        stats: optional dict that receives the training diagnostics of :mod:`lvmmed_ext.diagnostics`:
+            ``match_acc`` (fraction of nodes the noise-free solve matches to their own other view), ``margin``
+            (mean diagonal minus best off-diagonal vertex affinity) and, after ``backward``, ``grad_nodes``
+            (fraction of nodes that carried gradient). Costs one extra noise-free solve.
 
     Returns:
         Scalar loss: Hamming distance between the matching and the identity, summed per graph, mean over graphs
@@ -176,6 +182,7 @@ def gm_loss(
         margin=margin,
         world=world,
         fraction=fraction,
+        stats=stats,
     )
     return (loss, X) if return_matching else loss
 
@@ -219,11 +226,13 @@ def _matching_loss(
     margin,
     world,
     fraction,
+    stats=None,
 ):
     """The loss on graphs ``zs, zt [G,n,F]`` (maps ``[G,n,P,D]``). With W ranks each holding a fraction of the
     graphs, the rank's loss is W·fraction·(mean over its graphs), so the ranks' losses average to the global mean,
     and IMLE runs with λ/W: its target step equals the single-process one on the global batch and its gradient is
-    W times the global one, which DDP's averaging over ranks brings back."""
+    W times the global one, which DDP's averaging over ranks brings back. ``stats`` (a dict or None) receives the
+    diagnostics of :mod:`lvmmed_ext.diagnostics` (``grad_nodes`` once the backward has run)."""
     from . import ops
 
     n = zs.shape[1]
@@ -238,15 +247,15 @@ def _matching_loss(
     eye = torch.eye(n, device=zs.device, dtype=unary.dtype)
     if partial:
         unary = unary - 0.5
-    if margin:
-        unary = unary - margin * eye
     quad = None
     if quad_weight > 0:
         quad = ops.edge_affinity(zs, edges_s, zt, edges_t)
         quad = quad_weight * ((quad - 0.5) if partial else quad)
     with_quad = quad is not None
+    if stats is not None:
+        stats.update(_noise_free_stats(unary, quad, edges_s, edges_t, partial=partial, solver=solver))
     X = imle(
-        unary,
+        unary - margin * eye if margin else unary,
         quad,
         edges_s if with_quad else None,
         edges_t if with_quad else None,
@@ -257,10 +266,29 @@ def _matching_loss(
         samples=samples,
         generator=generator,
         partial=partial,
+        stats=stats,
         **({"method": solver} if with_quad else {}),
     )
     hamming = (X * (1.0 - 2.0 * eye)).sum((1, 2)) + n  # Σ X(1−I) + I(1−X) per graph
     return hamming.mean() * (world * fraction), X
+
+
+@torch.no_grad()
+def _noise_free_stats(unary, quad, edges_s, edges_t, *, partial, solver) -> dict[str, float]:
+    """``match_acc`` of the unperturbed problem's solution (no noise, no margin; the same QAP or LAP the loss
+    solves) and the vertex-affinity ``margin`` (see :mod:`lvmmed_ext.diagnostics`)."""
+    from .diagnostics import affinity_margin, matching_accuracy, unshuffled_solve
+    from .qap import linear_assignment, solve_qap
+
+    u = unary.detach().float()
+    if quad is None:
+        X = unshuffled_solve(lambda s, _: linear_assignment(s, maximize=True, partial=partial), u)
+    else:
+        q = quad.detach().float()
+        X = unshuffled_solve(
+            lambda s, label: solve_qap(s, q, edges_s, label[edges_t], partial=partial, method=solver), u
+        )
+    return {"match_acc": float(matching_accuracy(X)), "margin": float(affinity_margin(u))}
 
 
 # gm_loss keyword options that LVMMedHead forwards, with gm_loss's defaults (read from its signature).
@@ -284,9 +312,21 @@ _HEAD_LOSS_OPTIONS = {
 }
 
 
+def _adjacency(edges: Tensor, n: int, dtype) -> Tensor:
+    """int64 ``[G,E,2]`` directed edges (i, j) -> ``[G,n,n]`` 0/1 with ``A[g,i,j] = 1``."""
+    G = edges.shape[0]
+    A = torch.zeros(G, n, n, device=edges.device, dtype=dtype)
+    g = torch.arange(G, device=edges.device)[:, None].expand_as(edges[..., 0])
+    A[g, edges[..., 0], edges[..., 1]] = 1.0
+    return A
+
+
 class GCN(nn.Module):
-    """Graph convolution over each graph's kNN edges (Kipf & Welling): H ← Â H W with Â the symmetrically
-    normalised (A + Aᵀ > 0) + I; ReLU between layers, none after the last (LVMMED_SPEC §7.6)."""
+    """Graph convolution over each graph's kNN edges (Kipf & Welling, the paper's Eq. 1): H ← Â H W with Â the
+    symmetrically normalised (A + Aᵀ > 0) + I; ReLU between layers, none after the last (LVMMED_SPEC §7.6).
+
+    On kNN graphs of 16 nodes with k = 5 the symmetrised degree is 6-10, so two layers average each node with most
+    of its graph: its own view's identity is largely washed out (see docs/STUDY.md)."""
 
     def __init__(self, dim: int = 128, layers: int = 2):
         super().__init__()
@@ -295,10 +335,7 @@ class GCN(nn.Module):
     @staticmethod
     def normalized_adjacency(edges: Tensor, n: int, dtype=torch.float32) -> Tensor:
         """int64 ``[G,E,2]`` edges -> ``[G,n,n]`` D^-1/2 (sym(A) + I) D^-1/2."""
-        G = edges.shape[0]
-        A = torch.zeros(G, n, n, device=edges.device, dtype=dtype)
-        g = torch.arange(G, device=edges.device)[:, None].expand_as(edges[..., 0])
-        A[g, edges[..., 0], edges[..., 1]] = 1.0
+        A = _adjacency(edges, n, dtype)
         A = torch.maximum(A, A.transpose(1, 2)) + torch.eye(n, device=edges.device, dtype=dtype)
         d = A.sum(-1).rsqrt()
         return d[:, :, None] * A * d[:, None, :]
@@ -311,6 +348,50 @@ class GCN(nn.Module):
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
         return x
+
+
+GNN_AGGREGATIONS = ("mean", "sum", "max")
+
+
+class GraphConv(nn.Module):
+    """GraphConv-style message passing (Morris et al. 2019; the form of the authors' later code, LVMMED_SPEC §1.4):
+    ``x_i ← W_root x_i + W_nbr · aggr_{j ∈ kNN(i)} x_j`` over each node's own kNN edges (i, j), ReLU between layers,
+    none after the last. The separate root weight keeps each node's own features, so message passing adds context
+    without averaging the nodes of a graph together.
+
+    Args:
+        dim: node feature width. layers: number of layers. aggr: ``"mean"`` (default), ``"sum"`` (the authors'
+            code) or ``"max"`` over the neighbours.
+    """
+
+    def __init__(self, dim: int = 128, layers: int = 2, aggr: str = "mean"):
+        super().__init__()
+        if aggr not in GNN_AGGREGATIONS:
+            raise ValueError(f"gnn_aggr must be one of {GNN_AGGREGATIONS}, got {aggr!r}")
+        self.aggr = aggr
+        self.root = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        self.nbr = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(layers))
+
+    def aggregate(self, x: Tensor, A: Tensor) -> Tensor:
+        """``x [G,n,F]``, 0/1 adjacency ``A [G,n,n]`` (row i: the neighbours of i) -> ``[G,n,F]``."""
+        if self.aggr == "max":
+            masked = x[:, None, :, :].masked_fill(A[..., None] == 0, float("-inf"))  # [G,n,n,F]
+            out = masked.amax(2)
+            return torch.where(torch.isfinite(out), out, torch.zeros_like(out))  # a node without neighbours: 0
+        out = A @ x
+        return out / A.sum(-1, keepdim=True).clamp_min(1) if self.aggr == "mean" else out
+
+    def forward(self, x: Tensor, edges: Tensor) -> Tensor:
+        """``x [G,n,F]``, ``edges [G,E,2]`` -> ``[G,n,F]``."""
+        A = _adjacency(edges, x.shape[1], x.dtype)
+        for i, (root, nbr) in enumerate(zip(self.root, self.nbr)):
+            x = root(x) + nbr(self.aggregate(x, A))
+            if i < len(self.root) - 1:
+                x = torch.relu(x)
+        return x
+
+
+GNN_KINDS = ("gcn", "graphconv")
 
 
 class LVMMedHead(nn.Module):
@@ -335,7 +416,10 @@ class LVMMedHead(nn.Module):
         *,
         projector_hidden: int | None = None,
         use_gnn: bool = True,
+        gnn: str = "gcn",
         gnn_layers: int = 2,
+        gnn_aggr: str = "mean",
+        normalize: bool = False,
         graph_size: int = 16,
         k: int = 5,
         alpha: float = 0.8,
@@ -352,7 +436,13 @@ class LVMMedHead(nn.Module):
             )
         else:
             self.projector = nn.Linear(in_dim, dim)
-        self.gnn = GCN(dim, gnn_layers) if use_gnn else None
+        if gnn not in GNN_KINDS:
+            raise ValueError(f"gnn must be one of {GNN_KINDS}, got {gnn!r}")
+        if use_gnn:
+            self.gnn = GCN(dim, gnn_layers) if gnn == "gcn" else GraphConv(dim, gnn_layers, gnn_aggr)
+        else:
+            self.gnn = None
+        self.normalize = bool(normalize)
         self.graph_size, self.k, self.alpha, self.distributed = graph_size, k, alpha, distributed
         unknown = sorted(set(loss_kwargs) - set(_HEAD_LOSS_OPTIONS))
         if unknown:
@@ -360,6 +450,7 @@ class LVMMedHead(nn.Module):
                 f"LVMMedHead got unknown options {unknown}; gm_loss options are {sorted(_HEAD_LOSS_OPTIONS)}"
             )
         self.loss_kwargs = {**_HEAD_LOSS_OPTIONS, **loss_kwargs}
+        self.stats = StepStats()  # diagnostics of the evaluations since the last stats.pop()
 
     symmetric = True  # swapping the views transposes the QAP: the trainer evaluates each pair of views once
 
@@ -381,7 +472,19 @@ class LVMMedHead(nn.Module):
         es, et = knn_graph(zs.detach(), self.k), knn_graph(zt.detach(), self.k)
         if self.gnn is not None:
             zs, zt = self.gnn(zs, es), self.gnn(zt, et)
+        if self.normalize:  # unit node embeddings: edge vectors become differences of unit vectors
+            zs, zt = nn.functional.normalize(zs, dim=-1), nn.functional.normalize(zt, dim=-1)
         loss, _ = _matching_loss(
-            zs, zt, *maps, es, et, k=self.k, alpha=self.alpha, world=world, fraction=fraction, **kw
+            zs,
+            zt,
+            *maps,
+            es,
+            et,
+            k=self.k,
+            alpha=self.alpha,
+            world=world,
+            fraction=fraction,
+            stats=self.stats.record(),
+            **kw,
         )
         return loss

@@ -9,7 +9,15 @@ from train_utils import make_image_folder
 
 from lvmmed_ext.cli import main as lvmmed
 from lvmmed_ext.errors import UsageError
-from lvmmed_ext.train.ablate import VARIANTS, folder_name, markdown_table, parse_configs
+from lvmmed_ext.train.ablate import (
+    VARIANTS,
+    aggregate,
+    folder_name,
+    markdown_table,
+    mean_std,
+    parse_configs,
+    parse_seeds,
+)
 
 TINY = ["--arch", "resnet18", "--width", "4", "--image-size", "32", "--batch-size", "8", "--steps", "2",
         "--workers", "0", "--max-side", "64", "--graph-size", "4", "--k", "2", "--eval-l2", "0.1", "--eval-k", "3",
@@ -39,6 +47,7 @@ def test_outputs_and_table(first_run, capsys):
     table = (out / "ablation.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| configuration | loss | head options |") and "s/step" not in table
+    assert "| labelled: linear probe | labelled: kNN |" in lines[0] and "match acc." in lines[0]
     assert [line.split(" | ")[0] for line in lines[1:]] == [
         "| random init",
         "| gm",
@@ -46,15 +55,22 @@ def test_outputs_and_table(first_run, capsys):
     ]
     assert "graph_size=4, k=2" in lines[2] and "hidden_dim=16, out_dim=16" in lines[3]
     assert "graph_size" not in lines[3]  # the gm flags only reach the gm configurations
-    assert "2 steps" in table and "2 classes: blobs, stripes" in table
+    assert "±" not in table  # one seed: plain values
+    assert "2 steps" in table and "2 classes: blobs, stripes" in table and "seed 0;" in table
     results = json.loads((out / "ablation.json").read_text())
     assert [r["configuration"] for r in results["rows"]] == ["random init", "gm", "vicreg:hidden_dim=16:out_dim=16"]
-    assert all(0 <= r["knn_acc"] <= 1 and 0 <= r["linear_probe_acc"] <= 1 for r in results["rows"])
+    for r in results["rows"]:
+        assert list(r["per_seed"]) == ["0"] and all(v == 0 for v in r["std"].values())
+        for key in ("labelled/knn_acc", "labelled/linear_probe_acc", "labelled/linear_probe_bal_acc"):
+            assert 0 <= r["mean"][key] <= 1
+    gm = results["rows"][1]["mean"]
+    assert 0 <= gm["match_acc"] <= 1 and 0 <= gm["backbone_match_acc"] <= 1 and gm["final_loss"] >= 0
     timings = json.loads((out / "timings.json").read_text())
-    assert timings["gm"]["pretrain"] == "trained" and timings["gm"]["steps"] == 2 and timings["total_s"] > 0
+    assert timings["gm"]["seed0"]["pretrain"] == "trained" and timings["gm"]["seed0"]["steps"] == 2
+    assert timings["total_s"] > 0
     for name in ("gm", "vicreg_hidden_dim_16_out_dim_16"):
-        assert (out / "runs" / name / "backbone.pth").exists()
-        assert (out / "eval" / f"results_{name}.json").exists()
+        assert (out / "runs" / name / "seed0" / "backbone.pth").exists()
+        assert (out / "eval" / "labelled" / "seed0" / f"results_{name}.json").exists()
 
 
 def test_same_seed_gives_a_byte_identical_table(folders, first_run, capsys):
@@ -70,7 +86,7 @@ def test_rerun_in_the_same_folder_reuses_finished_runs(folders, first_run, capsy
     before = (first_run / "ablation.md").read_bytes()
     assert lvmmed(["ablate", "--data", str(data), "--eval-data", str(labelled), "--out", str(first_run), *TINY]) == 0
     timings = json.loads((first_run / "timings.json").read_text())
-    assert timings["gm"]["pretrain"] == "reused" and timings["gm"]["loop_s_per_step"] is None
+    assert timings["gm"]["seed0"]["pretrain"] == "reused" and timings["gm"]["seed0"]["loop_s_per_step"] is None
     assert (first_run / "ablation.md").read_bytes() == before
     capsys.readouterr()
     changed = [*TINY, "--lr", "0.01"]
@@ -99,14 +115,54 @@ def test_parse_configs():
             parse_configs(text)
 
 
+def test_seeds_give_the_numbers_of_single_seed_runs(folders, first_run, capsys):
+    """--seeds 0,1 trains each configuration per seed; seed 0's numbers equal the single-seed run's, seed 1's those
+    of a run with --seed 1; the table shows mean ± std over both."""
+    root, data, labelled = folders
+    common = ["--data", str(data), "--eval-data", str(labelled), *TINY]
+    assert lvmmed(["ablate", *common, "--seeds", "0,1", "--out", str(root / "seeds")]) == 0
+    assert lvmmed(["ablate", *common, "--seed", "1", "--out", str(root / "seed1")]) == 0
+    both = json.loads((root / "seeds" / "ablation.json").read_text())
+    one = {0: json.loads((first_run / "ablation.json").read_text()),
+           1: json.loads((root / "seed1" / "ablation.json").read_text())}  # fmt: skip
+    assert both["settings"]["seeds"] == [0, 1]
+    for i, row in enumerate(both["rows"]):
+        assert list(row["per_seed"]) == ["0", "1"]
+        for seed in (0, 1):
+            single = one[seed]["rows"][i]["per_seed"][str(seed)]
+            assert row["per_seed"][str(seed)] == single, (row["configuration"], seed)
+        for key, values in ((k, [row["per_seed"][s][k] for s in ("0", "1")]) for k in row["mean"]):
+            assert row["mean"][key] == pytest.approx(sum(values) / 2)
+            assert row["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    table = (root / "seeds" / "ablation.md").read_text()
+    assert "seeds 0, 1 (mean ± std)" in table
+    assert all(" ± " in line for line in table.splitlines() if line.startswith("| gm |"))
+
+
+def test_mean_std_and_seed_parsing():
+    assert mean_std([0.5]) == (0.5, 0.0)
+    m, s = mean_std([1.0, 2.0, 3.0])
+    assert m == 2.0 and s == pytest.approx(1.0)  # sample standard deviation
+    mean, std = aggregate({0: {"a": 1.0, "b": 2.0}, 1: {"a": 3.0}})
+    assert mean == {"a": 2.0, "b": 2.0} and std["a"] == pytest.approx(2**0.5) and std["b"] == 0.0
+    assert parse_seeds(None, 7) == [7] and parse_seeds("0, 1,2", 0) == [0, 1, 2]
+    for text, match in (("0,x", "comma-separated integers"), ("1,1", "must not repeat"), (",", "lists no seed")):
+        with pytest.raises(UsageError, match=match):
+            parse_seeds(text, 0)
+
+
 def test_markdown_table_format():
-    row = dict(configuration="gm", loss="gm", options="-", about="full", final_loss=12.5, linear_probe_acc=0.81234,
-               linear_probe_bal_acc=0.8, knn_acc=0.7, knn_bal_acc=0.69)  # fmt: skip
-    settings = dict(data="demo", arch="resnet18", width=None, image_size=96, batch_size=32, accum=1, steps=60,
-                    lr=2e-3, halvings=4, seed=0, eval="task", classes=["a", "b"], eval_train=10, eval_test=5,
-                    eval_l2="auto", eval_k=20)  # fmt: skip
+    mean = {"final_loss": 12.5, "match_acc": 0.5, "t/linear_probe_bal_acc": 0.81234, "t/knn_bal_acc": 0.7}
+    std = {"final_loss": 1.0, "match_acc": 0.1, "t/linear_probe_bal_acc": 0.01, "t/knn_bal_acc": 0.02}
+    row = dict(configuration="gm", loss="gm", options="-", about="full", per_seed={"0": {}, "1": {}}, mean=mean,
+               std=std)  # fmt: skip
+    settings = dict(data="demo", arch="resnet18", width=None, image_size=96, crop_scale=[0.08, 1.0], batch_size=32,
+                    accum=1, steps=60, lr=2e-3, halvings=4, seeds=[0, 1], budget="short", eval_l2="auto", eval_k=20,
+                    tasks=[dict(name="t", about="a task", classes=["a", "b"], n_train=10, n_test=5)])  # fmt: skip
     text = markdown_table([row], settings)
-    assert "| gm | gm | - | full | 12.5000 | 0.812 | 0.800 | 0.700 | 0.690 |" in text and text.endswith("losses.\n")
+    assert "| gm | gm | - | full | 12.5000 ± 1.0000 | 0.500 ± 0.100 | - | 0.812 ± 0.010 | 0.700 ± 0.020 |" in text
+    assert "- `t`: a task (2 classes: a, b; 10 train / 5 test images)" in text and "(budget short)" in text
+    assert text.endswith("1 / graph size.\n")
 
 
 def _fails(capsys, argv, match, root):
@@ -135,6 +191,9 @@ def test_bad_input_is_refused_before_anything_is_written(folders, tmp_path, caps
     _fails(capsys, [*d, *e, *o, *TINY, "--eval-l2", "x"], "--eval-l2 must be a number", tmp_path)
     _fails(capsys, [*d, *o, *TINY, "--eval-data", str(tmp_path / "nope")], "does not exist", tmp_path)
     _fails(capsys, [*d, *e, *o, *TINY, "--no-local-term", "--alpha", "0.5"], "--no-local-term sets alpha", tmp_path)
+    _fails(capsys, [*d, *e, *o, *TINY, "--budget", "medium"], "--budget presets the demo's", tmp_path)
+    _fails(capsys, [*d, *e, *o, *TINY, "--seeds", "0,0"], "--seeds must not repeat", tmp_path)
+    _fails(capsys, [*d, *e, *o, *TINY, "--configs", "gm:gnn='x'"], "gnn must be one of", tmp_path)
 
 
 def test_help_lists_configurations_and_switches(capsys):
@@ -149,7 +208,7 @@ def test_help_lists_configurations_and_switches(capsys):
 
 @pytest.mark.slow
 def test_demo_path_on_one_step(tmp_path, capsys):
-    """The --demo wiring (demo images, half-width ResNet-18, the MNI152 tissue task), cut to 1 step (~15 s)."""
+    """The --demo wiring (demo images, half-width ResNet-18, the MNI152 region and tissue tasks), cut to 1 step."""
     from lvmmed_ext.data.demo import mni152_paths
 
     if mni152_paths() is None:
@@ -160,4 +219,5 @@ def test_demo_path_on_one_step(tmp_path, capsys):
     assert lvmmed(argv) == 0
     table = (out / "ablation.md").read_text()
     assert "demo, resnet18 (width 32), 96 px views" in table and "3 classes: csf, grey_matter, white_matter" in table
+    assert "4 classes: anterior, mid_anterior, mid_posterior, posterior" in table
     assert "| gm-no-local | gm | alpha=1.0, noise_scale=0.1 |" in table  # the demo's gm options + the variant's

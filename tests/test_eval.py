@@ -209,6 +209,40 @@ def test_mni152_tissue_task(tmp_path):
     assert data.classes == ["csf", "grey_matter", "white_matter"] and len(data.images) == 30
 
 
+def test_mni152_region_task_has_no_leakage_and_position_labels(tmp_path):
+    """The anatomical task: balanced classes; every label is the band of its centre's MNI y coordinate (never
+    within the 8 mm gaps); train and test patches come from axial slices at least 5 mm apart, so no image region
+    is in both; centres are in grey/white matter (not decided by being CSF or background)."""
+    from lvmmed_ext.data.demo import REGIONS, mni152_paths, mni152_region_task, slab_slices
+
+    if mni152_paths() is None:
+        pytest.skip("nilearn (MNI152 template) is not installed")
+    path = mni152_region_task(str(tmp_path), per_class_train=8, per_class_test=5)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 8 + 4 * 5
+    bands = {name: (lo, hi) for name, lo, hi in REGIONS}
+    parsed = []
+    for r in rows:
+        name = os.path.basename(r["path"])  # z{z}_x{x}_y{y}.png, voxel indices of the centre
+        z, x, y = int(name[1:4]), int(name[6:9]), int(name[11:14])
+        lo, hi = bands[r["label"]]
+        assert lo <= y - 134 <= hi, (r, "the label is the band of the centre's MNI y = index - 134")
+        parsed.append((r["split"], z, x, y))
+    z = {s: {p[1] for p in parsed if p[0] == s} for s in ("train", "test")}
+    assert min(abs(a - b) for a in z["train"] for b in z["test"]) >= 5
+    assert z["train"] <= set(slab_slices("train")) and z["test"] <= set(slab_slices("test"))
+    assert not set(slab_slices("train")) & set(slab_slices("test"))
+    for split in ("train", "test"):
+        counts = [sum(r["label"] == c and r["split"] == split for r in rows) for c, _, _ in REGIONS]
+        assert counts == [8 if split == "train" else 5] * 4
+    data = load_labelled(path, Preprocessing())
+    assert data.classes == ["anterior", "mid_anterior", "mid_posterior", "posterior"]
+    again = mni152_region_task(str(tmp_path / "again"), per_class_train=8, per_class_test=5)
+    with open(again, newline="") as f:
+        assert list(csv.DictReader(f)) == rows  # the same seed gives the same patches
+
+
 def test_demo_data_builder():
     from lvmmed_ext.data.demo import pretrain_images
 

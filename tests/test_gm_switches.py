@@ -57,7 +57,8 @@ def spy(monkeypatch):
 def test_no_edge_term_calls_only_the_linear_assignment(spy, monkeypatch):
     h_s, h_t, *maps = _inputs()
     _head()(h_s, h_t, *maps).backward()
-    assert len(spy["qap"].shapes) == 2 and not spy["lap"].shapes and len(spy["edge"].shapes) == 1  # the full loss
+    # the full loss: the head's noise-free diagnostic solve, the forward solve and the IMLE target solve
+    assert len(spy["qap"].shapes) == 3 and not spy["lap"].shapes and len(spy["edge"].shapes) == 1
 
     def no_qap(*a, **k):
         raise AssertionError("solve_qap called without an edge term")
@@ -66,7 +67,7 @@ def test_no_edge_term_calls_only_the_linear_assignment(spy, monkeypatch):
     spy["lap"].shapes.clear()
     h_s, h_t, *maps = _inputs()
     _head(quad_weight=0.0)(h_s, h_t, *maps).backward()
-    assert len(spy["lap"].shapes) == 2  # forward solve and the IMLE target solve
+    assert len(spy["lap"].shapes) == 3  # diagnostic, forward and IMLE target solves
     assert len(spy["edge"].shapes) == 1  # only the full run above computed edge affinities
     assert h_s.grad.abs().sum() > 0
     spy["lap"].shapes.clear()
@@ -142,6 +143,48 @@ def test_no_gnn_has_no_gcn_parameters_and_matches_the_projector_only_loss(monkey
     assert not torch.allclose(seen[1], projected)  # with it, the GCN's output
 
 
+@pytest.mark.parametrize("aggr", ["mean", "sum", "max"])
+def test_graphconv_equals_a_float64_loop(aggr):
+    """x_i <- W_root x_i + b + W_nbr aggr_{j in kNN(i)} x_j, ReLU between layers, none after the last."""
+    torch.manual_seed(0)
+    net = losses.GraphConv(6, layers=2, aggr=aggr).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    edges = torch.tensor([[[0, 1], [0, 2], [1, 0], [2, 4], [3, 4], [4, 3]]] * 2)
+    edges[1, 0] = torch.tensor([0, 3])
+    want = x.clone()
+    for layer in range(2):
+        root, nbr = net.root[layer], net.nbr[layer]
+        new = torch.empty_like(want)
+        for g in range(2):
+            for i in range(5):
+                nb = [int(j) for a, j in edges[g].tolist() if a == i]
+                msgs = torch.stack([want[g, j] for j in nb]) if nb else torch.zeros(1, 6, dtype=torch.float64)
+                agg = {"mean": msgs.mean(0), "sum": msgs.sum(0), "max": msgs.max(0).values}[aggr]
+                new[g, i] = root.weight @ want[g, i] + root.bias + nbr.weight @ agg
+        want = torch.relu(new) if layer == 0 else new
+    torch.testing.assert_close(net(x, edges), want)
+
+
+def test_gnn_kind_and_normalize_options(monkeypatch):
+    assert isinstance(_head().gnn, losses.GCN) and isinstance(_head(gnn="graphconv").gnn, losses.GraphConv)
+    assert _head(gnn="graphconv", gnn_aggr="max").gnn.aggr == "max"
+    with pytest.raises(ValueError, match="gnn must be one of"):
+        _head(gnn="gat")
+    with pytest.raises(ValueError, match="gnn_aggr must be one of"):
+        _head(gnn="graphconv", gnn_aggr="median")
+    seen = []
+    real = losses._matching_loss
+
+    def record(zs, zt, *a, **k):
+        seen.append(zs.detach().clone())
+        return real(zs, zt, *a, **k)
+
+    monkeypatch.setattr(losses, "_matching_loss", record)
+    h_s, h_t, *maps = _inputs()
+    _head(normalize=True)(h_s, h_t, *maps)
+    torch.testing.assert_close(seen[0].norm(dim=-1), torch.ones(2, 8))  # unit node embeddings reach the matching
+
+
 # --- no noise (+ margin) ----------------------------------------------------------------------------------------
 
 
@@ -189,12 +232,13 @@ def test_graph_size_and_samples_reach_the_solver(spy, graph_size, k, samples):
     h_s, h_t, *maps = _inputs()
     _head(graph_size=graph_size, k=k, samples=samples)(h_s, h_t, *maps).backward()
     G = B // graph_size
-    unary, quad, edges_s = spy["qap"].shapes[0][:3]
+    assert spy["qap"].shapes[0][0] == (G, graph_size, graph_size)  # the noise-free diagnostic solve
+    unary, quad, edges_s = spy["qap"].shapes[1][:3]
     assert unary == (G * samples, graph_size, graph_size)  # the noise samples are solved in one batch
     assert quad == (G * samples, graph_size * k, graph_size * k) and edges_s == (G * samples, graph_size * k, 2)
     spy["lap"].shapes.clear()
     _head(graph_size=graph_size, k=k, samples=samples, quad_weight=0.0)(h_s, h_t, *maps)
-    assert spy["lap"].shapes[0][0] == (G * samples, graph_size, graph_size)
+    assert spy["lap"].shapes[1][0] == (G * samples, graph_size, graph_size)
 
 
 # --- the flags of lvmmed pretrain map onto head options ---------------------------------------------------------

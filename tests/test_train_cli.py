@@ -1,5 +1,6 @@
 """The pretrain/export commands: bad input gives one clear line, a non-zero exit and writes nothing."""
 
+import csv
 import json
 import os
 
@@ -109,6 +110,11 @@ def test_pretrain_with_the_gm_loss(tmp_path):
     assert lvmmed(argv) == 0
     log = (tmp_path / "gm" / "log.csv").read_text().splitlines()
     assert len(log) == 1 + 2 and all("nan" not in line for line in log)
+    with open(tmp_path / "gm" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for key in ("match_acc", "margin", "grad_nodes", "backbone_match_acc"):  # the gm diagnostics, every step
+        assert all(r[key] != "" for r in rows), key
+    assert all(0 <= float(r["match_acc"]) <= 1 and 0 <= float(r["grad_nodes"]) <= 1 for r in rows)
 
 
 def test_export_command(run, tmp_path, capsys):
@@ -134,6 +140,10 @@ def test_run_outputs(run):
     with open(result.log_csv) as f:
         header = f.readline().strip().split(",")
     assert header[:6] == ["step", "epoch", "loss", "lr", "lr_backbone", "images_per_s"]
+    assert header[-4:] == ["match_acc", "margin", "grad_nodes", "backbone_match_acc"]
+    with open(result.log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["match_acc"] != "" and r["grad_nodes"] == "" for r in rows)  # infonce: no gradient-node count
 
 
 def test_config_merge_order():

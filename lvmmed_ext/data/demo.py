@@ -129,57 +129,61 @@ def pretrain_images(prep: Preprocessing, cache_bytes: int = 1 << 30, log=print) 
 
 
 TISSUES = ("grey_matter", "white_matter", "csf")
+# The anatomical task's classes: bands of the MNI y coordinate (mm, posterior < 0 < anterior) of a patch's centre,
+# front to back, with 8 mm gaps between bands so that no label depends on a millimetre.
+REGIONS = (
+    ("anterior", 22.0, 80.0),  # frontal lobe
+    ("mid_anterior", -12.0, 14.0),  # premotor / basal ganglia level
+    ("mid_posterior", -46.0, -20.0),  # parietal / temporal / thalamus level
+    ("posterior", -120.0, -54.0),  # occipital lobe, cerebellum
+)
 
 
-def mni152_tissue_task(
-    out_dir: str,
-    patch: int = 24,
-    per_class_train: int = 150,
-    per_class_test: int = 100,
-    slab: int = 10,
-    margin: int = 2,
-    seed: int = 0,
-) -> str:
-    """Build the labelled demo task and return its CSV path (columns ``path,label,split``).
-
-    Task: the tissue class of the centre voxel of a ``patch x patch`` axial patch of the MNI152 T1 template:
-    grey matter (GM probability >= 0.6), white matter (WM >= 0.6) or CSF (1 - GM - WM >= 0.6), inside the
-    brain (T1 > 0.2 of its range). Held-out slabs: axial slices 30..139 are cut into slabs of ``slab`` slices;
-    even slabs are training data, odd slabs test data, and ``margin`` slices at each slab border are unused, so
-    train and test patches are at least ``2 * margin + 1`` mm apart. Classes are balanced by sampling
-    ``per_class_*`` centres per class and split with a fixed ``seed``. Patches are written as 8-bit PNGs.
-    """
-    import cv2
+def _load_mni152():
+    """The MNI152 T1, GM and WM volumes scaled to [0, 1] and the voxel-to-mm affine."""
     import nibabel as nib
 
     paths = mni152_paths()
     if paths is None:
-        raise UsageError("the MNI152 tissue task needs nilearn (pip install nilearn)")
-    vol = {k: np.asarray(nib.load(p).dataobj, dtype=np.float32) for k, p in paths.items()}
+        raise UsageError("the MNI152 tasks need nilearn (pip install nilearn)")
+    imgs = {k: nib.load(p) for k, p in paths.items()}
+    vol = {k: np.asarray(im.dataobj, dtype=np.float32) for k, im in imgs.items()}
     t1, gm, wm = (vol[k] / max(float(vol[k].max()), 1e-6) for k in ("t1", "gm", "wm"))
-    csf = np.clip(1 - gm - wm, 0, 1)
+    return t1, gm, wm, imgs["t1"].affine
+
+
+def slab_slices(split: str, slab: int = 10, margin: int = 2, z_range: tuple[int, int] = (30, 140)) -> list[int]:
+    """Axial slice indices of a held-out-slab split: ``z_range`` is cut into slabs of ``slab`` slices; even slabs
+    are ``"train"``, odd slabs ``"test"``, and ``margin`` slices at each slab border are unused, so every train
+    slice is at least ``2 * margin + 1`` slices from every test slice."""
+    parity = {"train": 0, "test": 1}[split]
+    return [
+        z
+        for k, start in enumerate(range(z_range[0], z_range[1], slab))
+        if k % 2 == parity
+        for z in range(start + margin, min(start + slab, z_range[1]) - margin)
+    ]
+
+
+def _write_patches(
+    out_dir: str, t1, labels, names, patch: int, per_class: dict, slab: int, margin: int, seed: int
+) -> str:
+    """Sample ``per_class[split]`` patch centres per class from the held-out-slab splits of ``labels`` (int8 per
+    voxel, -1 = unused), write ``patch x patch`` axial patches of ``t1`` as 8-bit PNGs and ``labels.csv``."""
+    import cv2
+
     half = patch // 2
-    inside = t1 > 0.2
-    labels = np.full(t1.shape, -1, np.int8)
-    for c, prob in enumerate((gm, wm, csf)):
-        labels[inside & (prob >= 0.6)] = c
-    border = np.zeros(t1.shape, bool)  # centres whose patch stays inside the image
-    border[half : t1.shape[0] - half, half : t1.shape[1] - half, :] = True
+    inside = np.zeros(t1.shape, bool)  # centres whose patch stays inside the image
+    inside[half : t1.shape[0] - half, half : t1.shape[1] - half, :] = True
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
     rows = []
-    for split, parity, per_class in (("train", 0, per_class_train), ("test", 1, per_class_test)):
-        zs = [
-            z
-            for k, start in enumerate(range(30, 140, slab))
-            if k % 2 == parity
-            for z in range(start + margin, start + slab - margin)
-        ]
+    for split in ("train", "test"):
         zmask = np.zeros(t1.shape[2], bool)
-        zmask[zs] = True
-        for c, name in enumerate(TISSUES):
-            cand = np.argwhere((labels == c) & border & zmask[None, None, :])
-            pick = cand[rng.choice(len(cand), size=min(per_class, len(cand)), replace=False)]
+        zmask[slab_slices(split, slab, margin)] = True
+        for c, name in enumerate(names):
+            cand = np.argwhere((labels == c) & inside & zmask[None, None, :])
+            pick = cand[rng.choice(len(cand), size=min(per_class[split], len(cand)), replace=False)]
             os.makedirs(os.path.join(out_dir, split, name), exist_ok=True)
             for x, y, z in pick:
                 img = t1[x - half : x - half + patch, y - half : y - half + patch, z]
@@ -192,3 +196,60 @@ def mni152_tissue_task(
         w.writerow(["path", "label", "split"])
         w.writerows(rows)
     return csv_path
+
+
+def mni152_tissue_task(
+    out_dir: str,
+    patch: int = 24,
+    per_class_train: int = 150,
+    per_class_test: int = 100,
+    slab: int = 10,
+    margin: int = 2,
+    seed: int = 0,
+) -> str:
+    """Build the labelled tissue task and return its CSV path (columns ``path,label,split``).
+
+    Task: the tissue class of the centre voxel of a ``patch x patch`` axial patch of the MNI152 T1 template:
+    grey matter (GM probability >= 0.6), white matter (WM >= 0.6) or CSF (1 - GM - WM >= 0.6), inside the
+    brain (T1 > 0.2 of its range). Held-out slabs (``slab_slices``): axial slices 30..139 are cut into slabs of
+    ``slab`` slices; even slabs are training data, odd slabs test data, and ``margin`` slices at each slab border
+    are unused, so train and test patches are at least ``2 * margin + 1`` mm apart. Classes are balanced by
+    sampling ``per_class_*`` centres per class and split with a fixed ``seed``. Patches are written as 8-bit PNGs.
+    The class is largely decided by the centre voxel's intensity.
+    """
+    t1, gm, wm, _ = _load_mni152()
+    csf = np.clip(1 - gm - wm, 0, 1)
+    labels = np.full(t1.shape, -1, np.int8)
+    for c, prob in enumerate((gm, wm, csf)):
+        labels[(t1 > 0.2) & (prob >= 0.6)] = c
+    per_class = {"train": per_class_train, "test": per_class_test}
+    return _write_patches(out_dir, t1, labels, TISSUES, patch, per_class, slab, margin, seed)
+
+
+def mni152_region_task(
+    out_dir: str,
+    patch: int = 48,
+    per_class_train: int = 150,
+    per_class_test: int = 100,
+    slab: int = 10,
+    margin: int = 2,
+    seed: int = 0,
+) -> str:
+    """Build the labelled anatomical task and return its CSV path (columns ``path,label,split``).
+
+    Task: where along the brain's front-to-back axis a ``patch x patch`` mm axial patch of the MNI152 T1 template
+    was taken: the band of the MNI y coordinate of its centre (``REGIONS``: anterior, mid-anterior,
+    mid-posterior, posterior; 8 mm gaps between bands). Centres lie in grey or white matter (GM + WM probability
+    >= 0.5), so the centre voxel's intensity does not tell the class; what does is the anatomy around it (the
+    frontal pole's curvature, the ventricles and deep nuclei, the occipital lobe and cerebellum). Held-out slabs
+    and balanced sampling as in :func:`mni152_tissue_task`.
+    """
+    t1, gm, wm, affine = _load_mni152()
+    y_mm = affine[1, 1] * np.arange(t1.shape[1]) + affine[1, 3]  # the template's axes are aligned with MNI's
+    tissue = (t1 > 0.2) & (gm + wm >= 0.5)
+    labels = np.full(t1.shape, -1, np.int8)
+    for c, (_, lo, hi) in enumerate(REGIONS):
+        band = (y_mm >= lo) & (y_mm <= hi)
+        labels[tissue & band[None, :, None]] = c
+    per_class = {"train": per_class_train, "test": per_class_test}
+    return _write_patches(out_dir, t1, labels, [r[0] for r in REGIONS], patch, per_class, slab, margin, seed)

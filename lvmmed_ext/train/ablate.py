@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -45,10 +46,14 @@ VARIANTS = {
     )
 }
 
-# `lvmmed ablate --demo`: the pretrain demo's images, views, batch and steps (train.cli.DEMO) with a ResNet-18 of
-# half width (4x fewer FLOPs), so that the 7 default configurations and 8 evaluations fit in 15 minutes on 2 CPU
-# cores (measured about 0.5 s per step on one core, any loss).
-ABLATE_DEMO = {"width": 32, "steps": 150, "ckpt_every": 150}
+# `lvmmed ablate --demo --budget NAME`: the pretrain demo's images, views and batch (train.cli.DEMO) with a
+# ResNet-18 of half width (4x fewer FLOPs). "short": the 7 default configurations and 8 evaluations in about 10
+# minutes on 2 CPU cores; "medium": the study budget of docs/STUDY.md, about 20 minutes per seed.
+BUDGETS = {
+    "short": {"width": 32, "steps": 150, "ckpt_every": 150},
+    "medium": {"width": 32, "steps": 500, "ckpt_every": 250},
+}
+ABLATE_DEMO = BUDGETS["short"]
 
 
 def parse_configs(text: str) -> list[Variant]:
@@ -113,8 +118,24 @@ def parser() -> argparse.ArgumentParser:
         + "; ".join(f"{v.name} = {v.about}" for v in VARIANTS.values())
         + " (default: all of them)",
     )
-    a.add_argument("--eval-data", default=None, help="labelled images for the evaluation: a folder with one "
-                   "sub-folder per class, or a CSV path,label[,split] (as lvmmed eval --data)")  # fmt: skip
+    a.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="train and evaluate every configuration once per seed (e.g. 0,1,2); the table reports mean +- std "
+        "over the seeds. Each seed's numbers equal those of a run with --seed S. Default: --seed",
+    )
+    a.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default=None,
+        help="with --demo: "
+        + "; ".join(f"{k} = {v['steps']} steps, width {v['width']}" for k, v in BUDGETS.items())
+        + " (short); options given explicitly win",
+    )
+    a.add_argument("--eval-data", action="append", default=None, metavar="PATH",
+                   help="labelled images for the evaluation: a folder with one sub-folder per class, or a CSV "
+                   "path,label[,split] (as lvmmed eval --data); repeat for several tasks")  # fmt: skip
     a.add_argument("--eval-k", type=int, default=20, help="kNN neighbours (20)")
     a.add_argument("--eval-test-frac", type=float, default=0.3, help="test fraction when --eval-data has no split")
     a.add_argument("--eval-l2", default="auto", help="linear-probe L2 penalty, or 'auto' (3-fold CV)")
@@ -137,13 +158,19 @@ def _options_text(options: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(options.items())) or "-"
 
 
-def _final_loss(run_dir: str) -> float:
-    """Mean training loss over the last tenth of the steps (at least one) from the run's log."""
+def _log_tail_means(run_dir: str) -> dict[str, float]:
+    """Means over the last tenth of the steps (at least one) of the run's training loss and matching diagnostics
+    (``final_loss``, ``match_acc``, ``backbone_match_acc``; a diagnostic the loss does not report is left out)."""
     from .progress import read_csv
 
-    losses = [float(r["loss"]) for r in read_csv(os.path.join(run_dir, "log.csv"))]
-    tail = losses[-max(1, len(losses) // 10) :]
-    return sum(tail) / len(tail) if tail else float("nan")
+    rows = read_csv(os.path.join(run_dir, "log.csv"))
+    tail = rows[-max(1, len(rows) // 10) :]
+    out = {}
+    for key, name in (("loss", "final_loss"), ("match_acc", "match_acc"), ("backbone_match_acc", "backbone_match_acc")):
+        vals = [float(r[key]) for r in tail if r.get(key) not in (None, "")]
+        if vals:
+            out[name] = sum(vals) / len(vals)
+    return out
 
 
 def _pretrain_or_reuse(cfg):
@@ -179,6 +206,8 @@ def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
         build_head(v.loss, 8, **options)
     except UsageError as e:
         raise UsageError(f"configuration {v.name!r}: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"configuration {v.name!r}: bad option for --loss {v.loss}: {e}") from None
     if v.loss == "gm":
         graph_size = options.get("graph_size", train_cli.gm_defaults()["graph_size"])
         if graph_size > batch_size:
@@ -188,10 +217,48 @@ def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
             )
 
 
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """``--seeds`` ("0,1,2") as a list of distinct integers; ``[default]`` when not given."""
+    if text is None:
+        return [default]
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise UsageError(f"--seeds lists no seed: {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds must not repeat a seed, got {text!r}")
+    return seeds
+
+
+METRIC_KEYS = ("linear_probe_acc", "linear_probe_bal_acc", "knn_acc", "knn_bal_acc")
+
+
+def _task_metrics(task: str, summary: dict) -> dict[str, float]:
+    lp, kn = summary["results"]["linear-probe"], summary["results"]["knn"]
+    values = (lp["accuracy"], lp["balanced_accuracy"], kn["accuracy"], kn["balanced_accuracy"])
+    return {f"{task}/{k}": v for k, v in zip(METRIC_KEYS, values)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(per_seed: dict) -> tuple[dict, dict]:
+    """``{seed: {metric: value}}`` -> (mean per metric, std per metric) over the seeds that have the metric."""
+    keys = sorted({k for m in per_seed.values() for k in m})
+    stats = {k: mean_std([m[k] for m in per_seed.values() if k in m]) for k in keys}
+    return {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..eval.cli import evaluate
     from ..eval.probe import load_labelled
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -199,7 +266,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.demo and hasattr(args, "data"):
         raise UsageError("--demo uses the offline demo images; drop --data (or drop --demo to train on --data)")
     if args.demo and args.eval_data:
-        raise UsageError("--demo evaluates on the demo's MNI152 tissue task; drop --eval-data")
+        raise UsageError("--demo evaluates on the demo's MNI152 tasks; drop --eval-data")
+    if args.budget and not args.demo:
+        raise UsageError("--budget presets the demo's steps and width; use it with --demo (or pass --steps)")
     if not args.demo:
         missing = [f for f, ok in (("--data", hasattr(args, "data")), ("--eval-data", args.eval_data),
                                    ("--steps", hasattr(args, "steps"))) if not ok]  # fmt: skip
@@ -211,10 +280,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--eval-l2 must be a number or 'auto', got {args.eval_l2!r}") from None
     variants = parse_configs(args.configs)
     if args.demo:
-        for key, value in ABLATE_DEMO.items():
+        for key, value in BUDGETS[args.budget or "short"].items():
             if not hasattr(args, key):
                 setattr(args, key, value)
     base = train_cli.build_config(args, None)  # the gm flags become base.head_opts (for the gm configurations)
+    seeds = parse_seeds(args.seeds, base.seed)
     base_gm, demo = dict(base.head_opts), base.data == "demo"
     base.validate()
     out = base.out or os.path.join("runs", f"ablate-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -229,50 +299,67 @@ def _run(args: argparse.Namespace) -> int:
         plans.append((v, options))
 
     if not demo:  # bad evaluation data stops the command before anything is written
-        data, eval_name = load_labelled(args.eval_data, base.preprocessing), args.eval_data
-    os.makedirs(out, exist_ok=True)
-    if demo:
-        data = train_cli.demo_task(os.path.join(out, "eval_mni152_tissue"), base.seed, base.preprocessing)
-        if data is None:
-            raise UsageError("the demo ablation needs nilearn for its evaluation task (run scripts/setup.sh)")
-        eval_name = f"demo task: {train_cli.DEMO_TASK}"
+        user_tasks = [(_task_name(path, i), path, load_labelled(path, base.preprocessing))
+                      for i, path in enumerate(args.eval_data)]  # fmt: skip
+    elif not train_cli.mni152_available():
+        raise UsageError("the demo ablation needs nilearn for its evaluation tasks (run scripts/setup.sh)")
     device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     workers = base.workers if base.workers is not None else (0 if demo else min(4, max(0, (os.cpu_count() or 1) - 1)))
-    eval_dir = os.path.join(out, "eval")
-    eval_kw = dict(out=eval_dir, device=device, workers=workers, seed=base.seed, l2=l2, k=args.eval_k,
-                   test_frac=args.eval_test_frac)  # fmt: skip
+    eval_kw = dict(device=device, workers=workers, l2=l2, k=args.eval_k, test_frac=args.eval_test_frac)
 
     t_all = time.perf_counter()
-    print(f"ablation: {len(plans)} configuration(s) x {base.steps} steps -> {out}", flush=True)
-    t0 = time.perf_counter()
-    random_init = evaluate(list(METHODS), "random", data, arch=base.arch, width=base.width,
-                           in_chans=base.preprocessing.in_chans, image_size=base.image_size, label="random_init",
-                           **eval_kw)  # fmt: skip
-    rows = [_row("random init", "-", "-", "the backbone every configuration starts from", None, random_init)]
-    timings = {"random init": {"eval_s": round(time.perf_counter() - t0, 2)}}
-    for i, (v, options) in enumerate(plans, 1):
-        cfg = copy.deepcopy(base)
-        cfg.loss, cfg.head_opts = v.loss, options
-        cfg.out = os.path.join(out, "runs", folder_name(v.name))
-        print(f"[{i}/{len(plans)}] {v.name}: {v.about} (--loss {v.loss}; {_options_text(options)})", flush=True)
+    n_runs = len(plans) * len(seeds)
+    print(f"ablation: {len(plans)} configuration(s) x {len(seeds)} seed(s) x {base.steps} steps -> {out}", flush=True)
+    names = ["random init"] + [v.name for v, _ in plans]
+    per_seed: dict[str, dict[int, dict]] = {n: {} for n in names}
+    timings: dict = {n: {} for n in names}
+    tasks_meta: dict[str, dict] = {}
+    done = 0
+    for seed in seeds:
+        tag = f"seed{seed}"
+        if demo:
+            tasks = train_cli.demo_tasks(os.path.join(out, "eval_tasks", tag), seed, base.preprocessing)
+            tasks = [(name, f"demo task: {about}", data) for name, about, data in tasks]
+        else:
+            tasks = user_tasks
+        if not tasks_meta:
+            tasks_meta = {n: {"name": n, "about": about, "classes": d.classes} for n, about, d in tasks}
+
         t0 = time.perf_counter()
-        weights, how, result = _pretrain_or_reuse(cfg)
-        t_train = time.perf_counter() - t0
-        summary = evaluate(list(METHODS), weights, data, label=folder_name(v.name), **eval_kw)
-        timings[v.name] = {
-            "pretrain": how,
-            "pretrain_s": round(t_train, 2),
-            "eval_s": round(time.perf_counter() - t0 - t_train, 2),
-            "steps": cfg.steps,
-            "loop_s_per_step": None if result is None else round(cfg.global_batch / result.images_per_s, 3),
-        }
-        rows.append(_row(v.name, v.loss, _options_text(options), v.about, _final_loss(cfg.out), summary))
-        lp, kn = summary["results"]["linear-probe"], summary["results"]["knn"]
-        print(f"[{i}/{len(plans)}] {v.name}: linear probe {lp['accuracy']:.3f}, kNN {kn['accuracy']:.3f} "
-              f"({how} in {t_train:.0f} s, evaluated in {timings[v.name]['eval_s']:.0f} s)", flush=True)  # fmt: skip
+        evaluate_all = functools.partial(_evaluate_tasks, tasks, tasks_meta, seed, os.path.join(out, "eval"), eval_kw)
+        per_seed["random init"][seed] = evaluate_all(
+            "random", "random_init", arch=base.arch, width=base.width, in_chans=base.preprocessing.in_chans,
+            image_size=base.image_size,
+        )  # fmt: skip
+        timings["random init"][tag] = {"eval_s": round(time.perf_counter() - t0, 2)}
+        for v, options in plans:
+            done += 1
+            cfg = copy.deepcopy(base)
+            cfg.loss, cfg.head_opts, cfg.seed = v.loss, options, seed
+            cfg.out = os.path.join(out, "runs", folder_name(v.name), tag)
+            print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {v.about} (--loss {v.loss}; {_options_text(options)})",
+                  flush=True)  # fmt: skip
+            t0 = time.perf_counter()
+            weights, how, result = _pretrain_or_reuse(cfg)
+            t_train = time.perf_counter() - t0
+            metrics = {**_log_tail_means(cfg.out), **evaluate_all(weights, folder_name(v.name))}
+            per_seed[v.name][seed] = metrics
+            timings[v.name][tag] = {
+                "pretrain": how,
+                "pretrain_s": round(t_train, 2),
+                "eval_s": round(time.perf_counter() - t0 - t_train, 2),
+                "steps": cfg.steps,
+                "loop_s_per_step": None if result is None else round(cfg.global_batch / result.images_per_s, 3),
+            }
+            first = tasks[0][0]
+            print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {first} linear probe "
+                  f"{metrics[f'{first}/linear_probe_bal_acc']:.3f}, kNN {metrics[f'{first}/knn_bal_acc']:.3f} "
+                  f"(balanced; {how} in {t_train:.0f} s, evaluated in {timings[v.name][tag]['eval_s']:.0f} s)",
+                  flush=True)  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
 
-    first = random_init["results"]["linear-probe"]
+    rows = [_row("random init", "-", "-", "the backbone every configuration starts from", per_seed["random init"])]
+    rows += [_row(v.name, v.loss, _options_text(o), v.about, per_seed[v.name]) for v, o in plans]
     settings = {
         "data": "demo" if demo else base.data,
         "arch": base.arch,
@@ -283,11 +370,10 @@ def _run(args: argparse.Namespace) -> int:
         "steps": base.steps,
         "lr": base.lr,
         "halvings": base.halvings,
-        "seed": base.seed,
-        "eval": eval_name,
-        "eval_train": first["n_train"],
-        "eval_test": first["n_test"],
-        "classes": random_init["classes"],
+        "crop_scale": list(base.crop_scale),
+        "seeds": seeds,
+        "budget": args.budget if demo else None,
+        "tasks": list(tasks_meta.values()),
         "eval_k": args.eval_k,
         "eval_l2": l2,
     }
@@ -299,68 +385,113 @@ def _run(args: argparse.Namespace) -> int:
         json.dump({"settings": settings, "rows": rows}, f, indent=1)
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump(timings, f, indent=1)
-    title = (
-        f"{'demo images' if demo else os.path.basename(base.data.rstrip(os.sep))}: {base.steps} steps per configuration"
+    title = f"{'demo images' if demo else os.path.basename(base.data.rstrip(os.sep))}: {base.steps} steps, " + (
+        f"seed {seeds[0]}" if len(seeds) == 1 else f"mean +- std over seeds {','.join(map(str, seeds))}"
     )
-    png = plot_ablation(rows, png_path, f"{title}, seed {base.seed}; evaluation: {os.path.basename(eval_name)[:40]}")
+    png = plot_ablation(rows, png_path, title, list(tasks_meta))
     print(table)
     print("outputs:")
     print(f"  table       {md_path}")
     print(f"  chart       {png or '(matplotlib not installed)'}")
-    print(f"  results     {json_path}")
+    print(f"  results     {json_path}  (per-seed values, means and standard deviations)")
     print(f"  timings     {os.path.join(out, 'timings.json')}  (total {timings['total_s']:.0f} s)")
-    print(f"  runs        {os.path.join(out, 'runs')}/<configuration>/  (checkpoint, log, loss plot, backbone)")
-    print(f"  evaluation  {eval_dir}/  (confusion matrices, results JSON per configuration)")
+    print(f"  runs        {os.path.join(out, 'runs')}/<configuration>/seed<S>/  (checkpoint, log, loss plot, backbone)")
+    print(f"  evaluation  {os.path.join(out, 'eval')}/<task>/seed<S>/  (confusion matrices, results JSON)")
     return 0
 
 
-def _row(name: str, loss: str, options: str, about: str, final_loss: float | None, summary: dict) -> dict:
-    lp, kn = summary["results"]["linear-probe"], summary["results"]["knn"]
+def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: dict, weights: str, label: str, **kw):
+    """Linear probe and kNN of ``weights`` on every task; returns the flat metrics (``task/metric``) and notes the
+    tasks' train/test sizes in ``tasks_meta``."""
+    from ..eval.cli import evaluate
+
+    metrics = {}
+    for name, _, data in tasks:
+        out = os.path.join(folder, name, f"seed{seed}")
+        summary = evaluate(list(METHODS), weights, data, out=out, label=label, seed=seed, **eval_kw, **kw)
+        metrics.update(_task_metrics(name, summary))
+        lp = summary["results"]["linear-probe"]
+        tasks_meta[name].update(n_train=lp["n_train"], n_test=lp["n_test"])
+    return metrics
+
+
+def _task_name(path: str, index: int) -> str:
+    """A short name for an ``--eval-data`` path (its base name without extension, made unique by ``index``)."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or "task"
+    return stem if index == 0 else f"{stem}{index + 1}"
+
+
+def _row(name: str, loss: str, options: str, about: str, per_seed: dict) -> dict:
+    mean, std = aggregate(per_seed)
     return {
         "configuration": name,
         "loss": loss,
         "options": options,
         "about": about,
-        "final_loss": final_loss,
-        "linear_probe_acc": lp["accuracy"],
-        "linear_probe_bal_acc": lp["balanced_accuracy"],
-        "knn_acc": kn["accuracy"],
-        "knn_bal_acc": kn["balanced_accuracy"],
+        "per_seed": {str(s): m for s, m in per_seed.items()},
+        "mean": mean,
+        "std": std,
     }
 
 
+def _cell(row: dict, key: str, digits: int = 3) -> str:
+    if key not in row["mean"]:
+        return "-"
+    text = f"{row['mean'][key]:.{digits}f}"
+    return text + (f" ± {row['std'][key]:.{digits}f}" if len(row["per_seed"]) > 1 else "")
+
+
 def markdown_table(rows: list[dict], settings: dict) -> str:
-    """The ablation as Markdown: a settings paragraph and one table row per configuration (no timings)."""
+    """The ablation as Markdown: a settings paragraph and one row per configuration with, for each evaluation
+    task, the linear-probe and kNN balanced accuracies (mean ± std over the seeds), the final training loss and
+    the noise-free matching accuracies (no timings, so that a rerun gives the same bytes)."""
     width = "" if settings["width"] is None else f" (width {settings['width']})"
+    seeds = settings["seeds"]
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (mean ± std)"
+    budget = f" (budget {settings['budget']})" if settings.get("budget") else ""
     lines = [
         "# lvmmed ablate",
         "",
-        f"Pretraining: {settings['data']}, {settings['arch']}{width}, {settings['image_size']} px views, batch "
-        f"{settings['batch_size']} x {settings['accum']} accumulation, {settings['steps']} steps, Adam lr "
-        f"{settings['lr']:g} halved {settings['halvings']}x, seed {settings['seed']}; the same data order, views and "
-        "initialisation for every configuration.",
-        f"Evaluation: {settings['eval']} ({len(settings['classes'])} classes: {', '.join(settings['classes'])}; "
-        f"{settings['eval_train']} train / {settings['eval_test']} test images); frozen pooled features; linear "
-        f"probe = L2 logistic regression (penalty {settings['eval_l2']}), kNN = cosine, k = {settings['eval_k']}.",
-        "",
-        "| configuration | loss | head options | what it tests | final loss¹ | linear probe acc. | linear probe bal. "
-        "acc. | kNN acc. | kNN bal. acc. |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        f"Pretraining: {settings['data']}, {settings['arch']}{width}, {settings['image_size']} px views (crop area "
+        f"{settings['crop_scale'][0]:g}-{settings['crop_scale'][1]:g}), batch {settings['batch_size']} x "
+        f"{settings['accum']} accumulation, {settings['steps']} steps{budget}, Adam lr {settings['lr']:g} halved "
+        f"{settings['halvings']}x, {seed_text}; for each seed the same data order, views and initialisation for "
+        "every configuration.",
+        "Evaluation: frozen pooled features; linear probe = L2 logistic regression (penalty "
+        f"{settings['eval_l2']}), kNN = cosine, k = {settings['eval_k']}; balanced accuracy on:",
     ]
-    for r in rows:
-        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
+    for t in settings["tasks"]:
         lines.append(
-            f"| {r['configuration']} | {r['loss']} | {r['options']} | {r['about']} | {loss} | "
-            f"{r['linear_probe_acc']:.3f} | {r['linear_probe_bal_acc']:.3f} | {r['knn_acc']:.3f} | "
-            f"{r['knn_bal_acc']:.3f} |"
+            f"- `{t['name']}`: {t['about']} ({len(t['classes'])} classes: {', '.join(t['classes'])}; "
+            f"{t.get('n_train', '?')} train / {t.get('n_test', '?')} test images)"
         )
-    lines += ["", "¹ mean training loss over the last tenth of the steps; its scale differs between losses."]
+    names = [t["name"] for t in settings["tasks"]]
+    header = ["configuration", "loss", "head options", "what it tests", "final loss¹", "match acc.²",
+              "backbone match acc.²"]  # fmt: skip
+    for n in names:
+        header += [f"{n}: linear probe", f"{n}: kNN"]
+    lines += ["", "| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * (len(header) - 4)]
+    for r in rows:
+        cells = [r["configuration"], r["loss"], r["options"], r["about"], _cell(r, "final_loss", 4),
+                 _cell(r, "match_acc"), _cell(r, "backbone_match_acc")]  # fmt: skip
+        for n in names:
+            cells += [_cell(r, f"{n}/linear_probe_bal_acc"), _cell(r, f"{n}/knn_bal_acc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "¹ mean training loss over the last tenth of the steps; its scale differs between losses.",
+        "² noise-free matching accuracy over the last tenth of the steps: the fraction of images matched to their own "
+        "other view in groups of the graph size (gm: its own QAP/LAP without noise; other losses: a LAP on the "
+        "cosines of their embeddings; backbone: a LAP on the cosines of the pooled backbone features). Chance = "
+        "1 / graph size.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def plot_ablation(rows: list[dict], path: str, title: str) -> str | None:
-    """Grouped bars: linear-probe and kNN accuracy per configuration (the random-init row first, hatched).
-    Returns the PNG path, or None when matplotlib is missing."""
+def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str]) -> str | None:
+    """One panel per task: linear-probe and kNN balanced accuracy per configuration (mean, with the standard
+    deviation over seeds as error bars; the random-init row first, hatched). Returns the PNG path, or None when
+    matplotlib is missing."""
     try:
         import matplotlib
 
@@ -373,24 +504,29 @@ def plot_ablation(rows: list[dict], path: str, title: str) -> str | None:
 
     names = [r["configuration"] for r in rows]
     x = np.arange(len(rows))
-    series = (("linear_probe_acc", "linear probe", "#08519c", -0.2), ("knn_acc", "kNN", "#fd8d3c", 0.2))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 1.5), 4.2), dpi=110)
-    for key, _, colour, offset in series:
-        values = [r[key] for r in rows]
-        bars = ax.bar(x + offset, values, 0.4, color=colour)
-        bars[0].set_hatch("//")  # random init: the reference, not a configuration
-        bars[0].set_alpha(0.55)
-        for b, val in zip(bars, values):
-            ax.text(b.get_x() + b.get_width() / 2, val, f"{val:.2f}", ha="center", va="bottom", fontsize=7)
-    lows = [min(r["linear_probe_acc"], r["knn_acc"]) for r in rows]
-    ax.set_ylim(max(0.0, min(lows) - 0.1), 1.1)
-    ax.set_xticks(x, names, rotation=25, ha="right")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
+    series = (("linear_probe_bal_acc", "linear probe", "#08519c", -0.2), ("knn_bal_acc", "kNN", "#fd8d3c", 0.2))
+    fig, axes = plt.subplots(
+        len(tasks), 1, figsize=(max(6.0, 1.1 * len(rows) + 1.5), 3.6 * len(tasks)), dpi=110, squeeze=False
+    )
+    for ax, task in zip(axes[:, 0], tasks):
+        lows = []
+        for key, _, colour, offset in series:
+            values = [r["mean"].get(f"{task}/{key}", float("nan")) for r in rows]
+            errs = [r["std"].get(f"{task}/{key}", 0.0) for r in rows]
+            bars = ax.bar(x + offset, values, 0.4, color=colour, yerr=errs, capsize=3, ecolor="#333333")
+            bars[0].set_hatch("//")  # random init: the reference, not a configuration
+            bars[0].set_alpha(0.55)
+            for b, val, err in zip(bars, values, errs):
+                ax.text(b.get_x() + b.get_width() / 2, val + err, f"{val:.2f}", ha="center", va="bottom", fontsize=7)
+            lows += [v - e for v, e in zip(values, errs)]
+        ax.set_ylim(max(0.0, min(lows) - 0.1), 1.1)
+        ax.set_xticks(x, names, rotation=25, ha="right")
+        ax.set_ylabel(f"{task}: balanced accuracy")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_title(title, fontsize=10)
     handles = [Patch(color=colour, label=label) for _, label, colour, _ in series]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="random init (reference)"))
-    ax.legend(handles=handles, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    axes[0, 0].legend(handles=handles, loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     from .checkpoint import atomic_write
 

@@ -139,7 +139,8 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
     if ablate:
         g.add_argument("--demo", action="store_true", help="the offline demo images (those of lvmmed pretrain "
-                       "--demo), a shorter budget, and the demo's MNI152 tissue task as --eval-data")  # fmt: skip
+                       "--demo), a shorter budget (--budget), and the demo's MNI152 anatomical-region and tissue "
+                       "tasks as --eval-data")  # fmt: skip
     else:
         g.add_argument(
             "--demo",
@@ -390,80 +391,77 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_TASK = "MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel"
+# The demo's labelled tasks, in report order: (name, description, builder in lvmmed_ext.data.demo).
+DEMO_TASKS = (
+    (
+        "region",
+        "MNI152 anatomical region (front-to-back band of the MNI y coordinate) of a 48x48 mm patch",
+        "mni152_region_task",
+    ),
+    (
+        "tissue",
+        "MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel",
+        "mni152_tissue_task",
+    ),
+)
 
 
-def demo_task(task_dir: str, seed: int, prep: Preprocessing):
-    """The demo's labelled MNI152 tissue task, built in ``task_dir`` and loaded with ``prep`` as a
-    ``LabelledData``; None (after a notice) when nilearn is not installed."""
-    from ..data.demo import mni152_tissue_task
+def mni152_available() -> bool:
+    """Whether the MNI152 files the demo tasks need are installed (nilearn)."""
+    from ..data.demo import mni152_paths
+
+    return mni152_paths() is not None
+
+
+def demo_tasks(folder: str, seed: int, prep: Preprocessing) -> list[tuple[str, str, object]]:
+    """The demo's labelled tasks (``DEMO_TASKS``), each built in ``folder/<name>`` with ``seed`` and loaded with
+    ``prep``: a list of (name, description, ``LabelledData``); empty (after a notice) without nilearn."""
+    from ..data import demo
     from ..eval.probe import load_labelled
 
-    try:
-        csv_path = mni152_tissue_task(task_dir, seed=seed)
-    except UsageError as e:
-        print(f"notice: demo evaluation skipped: {e}")
-        return None
-    return load_labelled(csv_path, prep)
+    tasks = []
+    for name, about, builder in DEMO_TASKS:
+        try:
+            csv_path = getattr(demo, builder)(os.path.join(folder, name), seed=seed)
+        except UsageError as e:
+            print(f"notice: demo evaluation skipped: {e}")
+            return []
+        tasks.append((name, about, load_labelled(csv_path, prep)))
+    return tasks
 
 
 def _demo_eval(cfg, result) -> list[str]:
-    """Linear probe and kNN of the pretrained backbone vs the same architecture at random init on the MNI152
-    tissue task; prints a comparison table and returns lines for the output summary."""
+    """Linear probe and kNN of the pretrained backbone vs the same architecture at random init on the demo's
+    tasks; prints a comparison table and returns lines for the output summary."""
     import torch
 
     from ..eval.cli import evaluate
 
     t0 = time.perf_counter()
-    task_dir = os.path.join(result.out, "eval_mni152_tissue")
-    data = demo_task(task_dir, cfg.seed, cfg.preprocessing)
-    if data is None:
-        return []
-    workers = 0
+    folder = os.path.join(result.out, "eval")
+    tasks = demo_tasks(folder, cfg.seed, cfg.preprocessing)
     methods = ["linear-probe", "knn"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    runs = {
-        "pretrained": evaluate(
-            methods,
-            result.weights,
-            data,
-            out=task_dir,
-            device=device,
-            workers=workers,
-            seed=cfg.seed,
-            label="pretrained",
-        ),
-        "random init": evaluate(
-            methods,
-            "random",
-            data,
-            out=task_dir,
-            arch=cfg.arch,
-            width=cfg.width,
-            in_chans=cfg.preprocessing.in_chans,
-            image_size=cfg.image_size,
-            device=device,
-            workers=workers,
-            seed=cfg.seed,
-            label="random_init",
-        ),
-    }
-    first = runs["pretrained"]
-    r0 = first["results"]["linear-probe"]
-    print(
-        f"evaluation: {DEMO_TASK}, "
-        f"{r0['n_train']} train / {r0['n_test']} test patches from held-out axial slabs "
-        f"({time.perf_counter() - t0:.0f} s)"
-    )
-    print(f"  {'backbone':<12} {'method':<13} {'accuracy':>9} {'balanced':>9}")
-    for name, summary in runs.items():
-        for m in methods:
-            r = summary["results"][m]
-            print(f"  {name:<12} {m:<13} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f}")
-    return [
-        f"  eval data   {task_dir}/labels.csv",
-        f"  eval plots  {task_dir}/confusion_*.png, results_*.json",
-    ]
+    common = dict(device=device, workers=0, seed=cfg.seed)
+    random_kw = dict(arch=cfg.arch, width=cfg.width, in_chans=cfg.preprocessing.in_chans, image_size=cfg.image_size)
+    lines = []
+    for name, about, data in tasks:
+        task_dir = os.path.join(folder, name)
+        runs = {
+            "pretrained": evaluate(methods, result.weights, data, out=task_dir, label="pretrained", **common),
+            "random init": evaluate(methods, "random", data, out=task_dir, label="random_init", **random_kw, **common),
+        }
+        r0 = runs["pretrained"]["results"]["linear-probe"]
+        print(f"evaluation: {about}; {r0['n_train']} train / {r0['n_test']} test patches from held-out axial slabs")
+        print(f"  {'backbone':<12} {'method':<13} {'accuracy':>9} {'balanced':>9}")
+        for who, summary in runs.items():
+            for m in methods:
+                r = summary["results"][m]
+                print(f"  {who:<12} {m:<13} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f}")
+        lines.append(f"  eval {name:<7}{task_dir}/  (labels.csv, confusion_*.png, results_*.json)")
+    if tasks:
+        print(f"evaluated in {time.perf_counter() - t0:.0f} s")
+    return lines
 
 
 def export_main(argv: list[str] | None = None) -> int:

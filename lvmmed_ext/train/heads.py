@@ -13,6 +13,10 @@ scalar loss for one pair of views:
 Class attributes a head may set: ``needs_maps`` (default False) and ``symmetric`` (True when
 ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once).
 
+Diagnostics: a head may have a ``stats`` attribute (``lvmmed_ext.diagnostics.StepStats``) into which each forward
+records ``match_acc`` and ``margin`` of its embeddings (``Head.record_matching`` does it for the baselines); the
+trainer pops it once per optimizer step into log.csv, TensorBoard and the progress bar.
+
 The graph-matching head is registered as ``"gm"``: ``lvmmed_ext.losses.LVMMedHead(in_dim, **cfg)``.
 """
 
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..diagnostics import StepStats, cosine_matching
 from ..distributed import all_gather_with_grad, rank
 from ..errors import UsageError
 
@@ -37,6 +42,16 @@ class Head(nn.Module):
 
     needs_maps: bool = False
     symmetric: bool = False
+    graph_size: int = 16  # group size of the matching diagnostics (gm's default graph size)
+
+    def __init__(self):
+        super().__init__()
+        self.stats = StepStats()
+
+    def record_matching(self, z_s: Tensor, z_t: Tensor) -> None:
+        """Record the noise-free matching diagnostics of two views' embeddings ``[B, F]`` (LAP on cosines in
+        groups of ``graph_size``; see :func:`lvmmed_ext.diagnostics.cosine_matching`)."""
+        self.stats.record(cosine_matching(z_s, z_t, self.graph_size))
 
     def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
         raise NotImplementedError
@@ -151,6 +166,7 @@ class InfoNCEHead(Head):
     def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
         z = self.projector(torch.cat([h_s, h_t], dim=0))  # one BatchNorm pass over both views
         z_s, z_t = z.split(h_s.shape[0])
+        self.record_matching(z_s, z_t)
         return info_nce(z_s, z_t, self.temperature, self.gather)
 
 
@@ -267,4 +283,5 @@ class VICRegHead(Head):
     def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
         z = self.expander(torch.cat([h_s, h_t], dim=0))  # one BatchNorm pass over both views
         z_s, z_t = z.split(h_s.shape[0])
+        self.record_matching(z_s, z_t)
         return vicreg(z_s, z_t, **self.coefficients)

@@ -7,7 +7,9 @@ import os
 import sys
 import time
 
-CSV_FIELDS = ["step", "epoch", "loss", "lr", "lr_backbone", "images_per_s", "elapsed_s", "skipped_files"]
+CSV_FIELDS = ["step", "epoch", "loss", "lr", "lr_backbone", "images_per_s", "elapsed_s", "skipped_files",
+              "match_acc", "margin", "grad_nodes", "backbone_match_acc"]  # fmt: skip
+# The diagnostics columns (lvmmed_ext.diagnostics): empty where a loss does not report one (grad_nodes: gm only).
 
 
 def _fmt_time(seconds: float) -> str:
@@ -17,7 +19,8 @@ def _fmt_time(seconds: float) -> str:
 
 
 class ProgressBar:
-    """``pretrain  41% |######      | 123/300 [01:02<01:29] loss 4.1234  78.1 img/s  lr 2.0e-03``.
+    """``pretrain  41% |######      | 123/300 [01:02<01:29] loss 4.1234  match 0.62  78.1 img/s  lr 2.0e-03``
+    (``match``: the step's noise-free matching accuracy, when the loss reports one).
 
     On a terminal the line is redrawn in place; otherwise (CI logs, files) a line is printed about every
     ``total / 20`` steps so logs stay short.
@@ -31,7 +34,7 @@ class ProgressBar:
         self.every = max(1, self.total // 20)
         self._last = ""
 
-    def update(self, step: int, loss: float, images_per_s: float, lr: float) -> None:
+    def update(self, step: int, loss: float, images_per_s: float, lr: float, match: float | None = None) -> None:
         if not self.enabled:
             return
         done = step - self.start
@@ -41,7 +44,7 @@ class ProgressBar:
         bar = "#" * int(frac * 24)
         line = (
             f"{self.label} {frac:4.0%} |{bar:<24}| {step}/{self.total} [{_fmt_time(elapsed)}<{_fmt_time(eta)}] "
-            f"loss {loss:.4f}  {images_per_s:.1f} img/s  lr {lr:.1e}"
+            f"loss {loss:.4f}  {'' if match is None else f'match {match:.2f}  '}{images_per_s:.1f} img/s  lr {lr:.1e}"
         )
         if self.tty:
             self.stream.write("\r" + line.ljust(len(self._last)))
@@ -91,6 +94,8 @@ class CsvLog:
 class TensorBoardLog:
     """Scalars to TensorBoard when ``tensorboard`` is installed; a no-op otherwise (``available`` says which)."""
 
+    KEYS = ("loss", "lr", "lr_backbone", "images_per_s", "match_acc", "margin", "grad_nodes", "backbone_match_acc")
+
     def __init__(self, folder: str):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -105,8 +110,9 @@ class TensorBoardLog:
 
     def write(self, step: int, row: dict) -> None:
         if self._w is not None:
-            for key in ("loss", "lr", "lr_backbone", "images_per_s"):
-                self._w.add_scalar(f"pretrain/{key}", row[key], step)
+            for key in self.KEYS:
+                if key in row:
+                    self._w.add_scalar(f"pretrain/{key}", row[key], step)
 
     def close(self) -> None:
         if self._w is not None:
@@ -118,9 +124,15 @@ def read_csv(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _moving_average(values: list[float], k: int) -> list[float]:
+    return [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
+
+
 def plot_loss(csv_path: str, png_path: str, title: str = "pretraining loss") -> str | None:
-    """Loss per step (light) and a moving average (dark) from the CSV log, written atomically as a PNG.
-    Returns the path, or None when matplotlib is missing or the log is empty."""
+    """Loss per step (light) and a moving average (dark) from the CSV log; when the log has the matching
+    diagnostics, a second panel with the noise-free matching accuracy of the head (``match_acc``) and of the
+    backbone features (``backbone_match_acc``). Written atomically as a PNG. Returns the path, or None when
+    matplotlib is missing or the log is empty."""
     try:
         import matplotlib
 
@@ -134,15 +146,33 @@ def plot_loss(csv_path: str, png_path: str, title: str = "pretraining loss") -> 
     steps = [int(r["step"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
     k = max(1, len(loss) // 25)
-    smooth = [sum(loss[max(0, i - k + 1) : i + 1]) / len(loss[max(0, i - k + 1) : i + 1]) for i in range(len(loss))]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    curves = {}
+    for key, label in (("match_acc", "head embeddings"), ("backbone_match_acc", "backbone features")):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        if pts:
+            curves[label] = pts
+    panels = 2 if curves else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.6), dpi=110, squeeze=False)
+    ax = axes[0][0]
     ax.plot(steps, loss, color="#9ecae1", lw=1, label="loss")
-    ax.plot(steps, smooth, color="#08519c", lw=2, label=f"moving average ({k} steps)")
+    ax.plot(steps, _moving_average(loss, k), color="#08519c", lw=2, label=f"moving average ({k} steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if curves:
+        ax = axes[0][1]
+        for (label, pts), colour in zip(curves.items(), ("#08519c", "#d94801")):
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, color=colour, lw=0.8, alpha=0.35)
+            ax.plot(xs, _moving_average(list(ys), k), color=colour, lw=2, label=label)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("noise-free matching accuracy")
+        ax.set_title("own-view matches (chance = 1 / graph size)")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     from .checkpoint import atomic_write
 

@@ -18,6 +18,7 @@ from ..data.datasets import ImageSet, PretrainDataset, StreamBatchSampler, colla
 from ..data.io import scan
 from ..data.presets import Preprocessing
 from ..data.views import MultiViewConfig, ViewConfig
+from ..diagnostics import StepStats, cosine_matching
 from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from ..errors import UsageError
 from ..models import backbone_state_dict, build_backbone, load_pretrained
@@ -121,6 +122,14 @@ class SSLModel(nn.Module):
         super().__init__()
         self.backbone, self.head, self.n_global, self.amp_dtype = backbone, head, n_global, amp_dtype
         self.needs_maps = bool(getattr(head, "needs_maps", False))
+        self.stats = StepStats()  # backbone_match_acc per forward (the head keeps its own diagnostics)
+
+    def pop_stats(self) -> dict[str, float]:
+        """The step's diagnostics: the head's (``match_acc``, ``margin``, ``grad_nodes``) and
+        ``backbone_match_acc`` (LAP on the cosines of the two global views' pooled backbone features, in groups
+        of the head's ``graph_size``), means over the step's forwards; see :mod:`lvmmed_ext.diagnostics`."""
+        head_stats = getattr(self.head, "stats", None)
+        return {**(head_stats.pop() if head_stats is not None else {}), **self.stats.pop()}
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         ctx = (
@@ -145,6 +154,10 @@ class SSLModel(nn.Module):
             h += list(pooled.chunk(j - i))
             y += list(maps.chunk(j - i)) if maps is not None else [None] * (j - i)
             i = j
+        graph_size = int(getattr(self.head, "graph_size", 16))
+        backbone = cosine_matching(h[0], h[1], graph_size)
+        if backbone:
+            self.stats.record({"backbone_match_acc": backbone["match_acc"]})
         symmetric = bool(getattr(self.head, "symmetric", False))
         pairs = [
             (a, b)
@@ -439,6 +452,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             loss_value = all_reduce_mean(step_loss, device)
+            diag = {k: all_reduce_mean(v, device) for k, v in model.pop_stats().items()}
             images_done += cfg.global_batch
             now = time.perf_counter()
             ips = images_done / max(now - t0, 1e-9)
@@ -451,13 +465,12 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 "images_per_s": f"{ips:.2f}",
                 "elapsed_s": f"{now - t_loop:.2f}",
                 "skipped_files": skipped_at_scan + len(bad_paths),
+                **{k: f"{v:.6f}" for k, v in diag.items()},
             }
             if csv_log is not None:
                 csv_log.write(row)
-                tb.write(
-                    step, {k: float(v) for k, v in row.items() if k in ("loss", "lr", "lr_backbone", "images_per_s")}
-                )
-            bar.update(step, loss_value, ips, lrs["head"])
+                tb.write(step, {k: float(v) for k, v in row.items() if k in TensorBoardLog.KEYS})
+            bar.update(step, loss_value, ips, lrs["head"], diag.get("match_acc"))
             if step % cfg.ckpt_every == 0 or step == steps:
                 save_checkpoint(step)
             if stop_after is not None and step >= stop_after:
