@@ -95,6 +95,7 @@ def imle(
     samples: int = 1,
     generator: torch.Generator | None = None,
     stats: dict | None = None,
+    quad_noise_scale: float | None = None,
     **solver_kwargs,
 ) -> Tensor:
     """Differentiable MAP matching by perturb-and-MAP with the IMLE gradient estimator.
@@ -108,6 +109,7 @@ def imle(
             ``solve(unary [B,N,M], quad [B,Es,Et] | None, init [B,N,M] | None) -> X [B,N,M]``.
         lam: λ > 0, the target step (LVM-Med: 80).
         noise, noise_scale: perturbation of both unary and quadratic scores (see :mod:`lvmmed_ext.noise`).
+        quad_noise_scale: scale of the quadratic scores' noise when it differs from ``noise_scale`` (None: the same).
         samples: S >= 1 noise samples, solved in one batched call; the result is their mean.
         generator: a ``torch.Generator`` on the device of ``unary`` (reproducible noise).
         stats: optional dict; the backward sets ``stats["grad_nodes"]``, the fraction of rows (over samples and
@@ -132,7 +134,11 @@ def imle(
     work = torch.float64 if unary.dtype == torch.float64 else torch.float32
     draw = dict(scale=noise_scale, generator=generator, device=dev, dtype=work)
     eps_v = _noise.sample(noise, (S, *unary.shape), **draw)
-    eps_e = None if quad is None else _noise.sample(noise, (S, *quad.shape), **draw)
+    if quad is not None and quad_noise_scale is not None:
+        draw_e = {**draw, "scale": quad_noise_scale}
+    else:
+        draw_e = draw
+    eps_e = None if quad is None else _noise.sample(noise, (S, *quad.shape), **draw_e)
     solve = solver if callable(solver) else _builtin_solver(solver, edges_s, edges_t, S, solver_kwargs)
 
     def pairs(X):

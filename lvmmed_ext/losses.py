@@ -104,7 +104,7 @@ def gm_loss(
     alpha: float = 0.8,
     lam: float = 80.0,
     noise: str = "gumbel",
-    noise_scale: float = 1.0,
+    noise_scale: float = 0.1,
     samples: int = 1,
     quad_weight: float = 0.5,
     partial: bool = False,
@@ -118,6 +118,7 @@ def gm_loss(
     margin: float = 0.0,
     distributed: bool = False,
     stats: dict | None = None,
+    edge_noise_scale: float | None = None,
 ):
     """LVM-Med second-order graph-matching loss with a perturb-and-MAP (IMLE) gradient.
 
@@ -129,7 +130,10 @@ def gm_loss(
         pos_s, pos_t: optional ``[B,P,2]`` cell centres in original-image coordinates (location matches).
         graph_size: nodes per graph N (paper: 16). k: kNN neighbours per node, 1 <= k < graph_size (paper: 5).
         alpha: weight of the global cosine affinity vs the local one (paper: 0.8; 1 disables the local term).
-        lam: IMLE step λ > 0 (paper: 80). noise, noise_scale, samples: perturbation (``lvmmed_ext.noise``).
+        lam: IMLE step λ > 0 (paper: 80). noise, noise_scale, samples: perturbation (``lvmmed_ext.noise``). The
+            default scale is 0.1, not the paper's 1: the affinities are cosines in [-1, 1], and Gumbel(0, 1) noise
+            matches even perfect embeddings at little better than chance (docs/STUDY.md; the authors' code used
+            0.05).
         quad_weight: weight of the edge affinities in the QAP (LVM-Med code: 0.5); 0 drops the second-order term
             and the problem becomes a linear assignment (the paper's "w/o second-order" ablation).
         partial: LPMP semantics (rows/columns may stay unmatched; affinities are offset by −0.5 so that a pair
@@ -144,6 +148,10 @@ def gm_loss(
             ablation's margin (use with noise="none").
         distributed: under ``torch.distributed``, gather both views from all ranks so graphs span the global
             batch; each rank solves its share of graphs and gradients reach each rank's own rows.
+        edge_noise_scale: scale of the noise on the edge-pair scores. None (default): ``noise_scale * quad_weight``,
+            i.e. the edge affinities are perturbed like the vertex affinities and then weighted, so the noise keeps
+            its proportion to the signal at any ``quad_weight``. The earlier behaviour, noise of the full
+            ``noise_scale`` on the weighted scores, is ``edge_noise_scale=noise_scale`` (docs/STUDY.md).
         stats: optional dict that receives the training diagnostics of :mod:`lvmmed_ext.diagnostics`:
             ``match_acc`` (fraction of nodes the noise-free solve matches to their own other view), ``margin``
             (mean diagonal minus best off-diagonal vertex affinity) and, after ``backward``, ``grad_nodes``
@@ -183,6 +191,7 @@ def gm_loss(
         world=world,
         fraction=fraction,
         stats=stats,
+        edge_noise_scale=edge_noise_scale,
     )
     return (loss, X) if return_matching else loss
 
@@ -227,6 +236,7 @@ def _matching_loss(
     world,
     fraction,
     stats=None,
+    edge_noise_scale=None,
 ):
     """The loss on graphs ``zs, zt [G,n,F]`` (maps ``[G,n,P,D]``). With W ranks each holding a fraction of the
     graphs, the rank's loss is W·fraction·(mean over its graphs), so the ranks' losses average to the global mean,
@@ -235,6 +245,8 @@ def _matching_loss(
     diagnostics of :mod:`lvmmed_ext.diagnostics` (``grad_nodes`` once the backward has run)."""
     from . import ops
 
+    if edge_noise_scale is not None and not (math.isfinite(edge_noise_scale) and edge_noise_scale >= 0):
+        raise ValueError(f"edge_noise_scale must be None or a finite number >= 0, got {edge_noise_scale}")
     n = zs.shape[1]
     if edges_s is None:
         edges_s = ops.knn_graph(zs.detach(), k)
@@ -267,6 +279,7 @@ def _matching_loss(
         generator=generator,
         partial=partial,
         stats=stats,
+        quad_noise_scale=(noise_scale * quad_weight if edge_noise_scale is None else edge_noise_scale),
         **({"method": solver} if with_quad else {}),
     )
     hamming = (X * (1.0 - 2.0 * eye)).sum((1, 2)) + n  # Σ X(1−I) + I(1−X) per graph
@@ -308,6 +321,7 @@ _HEAD_LOSS_OPTIONS = {
         "top_loc",
         "top_feat",
         "margin",
+        "edge_noise_scale",
     )
 }
 
@@ -395,7 +409,14 @@ GNN_KINDS = ("gcn", "graphconv")
 
 
 class LVMMedHead(nn.Module):
-    """Projector (``in_dim`` → ``dim``), a 2-layer GCN over each view's kNN graph, then :func:`gm_loss`.
+    """Projector (``in_dim`` → ``dim``), 2 layers of message passing over each view's kNN graph, then
+    :func:`gm_loss`.
+
+    Message passing: ``gnn="graphconv"`` (default; :class:`GraphConv`, mean over the kNN neighbours plus a separate
+    root weight, ``gnn_aggr`` "mean", "sum" or "max") or ``gnn="gcn"`` (:class:`GCN`, the paper's Eq. 1), with
+    ``gnn_layers`` layers; ``normalize=True`` makes the node embeddings unit vectors before the affinities. The GCN
+    averages each node with most of its 16-node graph, and the two views' kNN graphs differ, so its embeddings
+    matched at chance in the study (docs/STUDY.md); the GraphConv form learns.
 
     ``forward(h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None) -> loss`` with h_* the pooled backbone
     features ``[B,in_dim]`` of the two views, y_* the backbone feature maps ``[B,P,D]`` and pos_* their cell
@@ -416,7 +437,7 @@ class LVMMedHead(nn.Module):
         *,
         projector_hidden: int | None = None,
         use_gnn: bool = True,
-        gnn: str = "gcn",
+        gnn: str = "graphconv",
         gnn_layers: int = 2,
         gnn_aggr: str = "mean",
         normalize: bool = False,

@@ -113,11 +113,11 @@ def test_step_stats_means_and_late_values():
 def test_gm_loss_reports_its_diagnostics(quad_weight):
     g = torch.Generator().manual_seed(0)
     z = torch.randn(32, 16, generator=g)
-    z_s = (z + 0.3 * torch.randn(32, 16, generator=g)).requires_grad_()
-    z_t = (z + 0.3 * torch.randn(32, 16, generator=g)).requires_grad_()
+    z_s = (z + 0.6 * torch.randn(32, 16, generator=g)).requires_grad_()
+    z_t = (z + 0.6 * torch.randn(32, 16, generator=g)).requires_grad_()
     stats = {}
     loss, X = lvmmed_ext.gm_loss(
-        z_s, z_t, quad_weight=quad_weight, noise_scale=0.5, generator=g, stats=stats, return_matching=True
+        z_s, z_t, quad_weight=quad_weight, noise_scale=1.0, generator=g, stats=stats, return_matching=True
     )
     clean = lvmmed_ext.gm_loss(z_s.detach(), z_t.detach(), quad_weight=quad_weight, noise="none",
                                return_matching=True)[1]  # fmt: skip

@@ -166,7 +166,7 @@ def test_graphconv_equals_a_float64_loop(aggr):
 
 
 def test_gnn_kind_and_normalize_options(monkeypatch):
-    assert isinstance(_head().gnn, losses.GCN) and isinstance(_head(gnn="graphconv").gnn, losses.GraphConv)
+    assert isinstance(_head().gnn, losses.GraphConv) and isinstance(_head(gnn="gcn").gnn, losses.GCN)  # default
     assert _head(gnn="graphconv", gnn_aggr="max").gnn.aggr == "max"
     with pytest.raises(ValueError, match="gnn must be one of"):
         _head(gnn="gat")
@@ -283,7 +283,7 @@ def test_flags_combine_with_head_opt_and_the_demo_and_refuse_conflicts():
     assert _cfg("--head-opt", "lam=5", "--no-gnn").head_opts == {"lam": 5, "use_gnn": False}
     demo = build_config(parser().parse_args(["--demo", "--no-edge-term"]), None)
     assert demo.head_opts == {"quad_weight": 0.0}  # the demo's own gm options are added when the run starts
-    assert DEMO_HEAD_OPTS["gm"] and "vicreg" in DEMO_HEAD_OPTS
+    assert "gm" not in DEMO_HEAD_OPTS and "vicreg" in DEMO_HEAD_OPTS  # gm runs the demo with its defaults
     with pytest.raises(UsageError, match="--no-local-term sets alpha = 1.0 but --alpha sets it to 0.5"):
         _cfg("--no-local-term", "--alpha", "0.5")
     assert _cfg("--no-local-term", "--alpha", "1").head_opts == {"alpha": 1.0}

@@ -148,3 +148,38 @@ def test_noise_generator_on_the_wrong_device():
         pytest.skip("needs a CUDA device to put the noise on")
     with pytest.raises(ValueError, match="generator is on cpu but the noise is drawn on cuda"):
         noise.sample("gumbel", (3,), generator=torch.Generator(), device="cuda")
+
+
+def _recorded_noise_scales(monkeypatch):
+    scales = []
+    real = noise.sample
+
+    def record(kind, shape, **kw):
+        scales.append((tuple(shape), kw["scale"]))
+        return real(kind, shape, **kw)
+
+    monkeypatch.setattr(noise, "sample", record)
+    return scales
+
+
+def test_quad_noise_scale(monkeypatch):
+    scales = _recorded_noise_scales(monkeypatch)
+    unary, quad = torch.randn(2, 4, 4), torch.randn(2, 6, 6)
+    edges = torch.tensor([[[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3]]] * 2)
+    imle(unary, quad, edges, edges, noise_scale=0.3)
+    imle(unary, quad, edges, edges, noise_scale=0.3, quad_noise_scale=0.05)
+    assert scales == [((1, 2, 4, 4), 0.3), ((1, 2, 6, 6), 0.3), ((1, 2, 4, 4), 0.3), ((1, 2, 6, 6), 0.05)]
+
+
+def test_gm_loss_perturbs_the_edge_affinities_before_weighting(monkeypatch):
+    """By default the edge noise is noise_scale * quad_weight (the perturbed edge affinity is then weighted), so
+    the noise keeps its proportion to the edge signal; edge_noise_scale sets it explicitly."""
+    import lvmmed_ext
+
+    scales = _recorded_noise_scales(monkeypatch)
+    z = torch.randn(16, 8)
+    lvmmed_ext.gm_loss(z, z + 0.1, graph_size=8, k=3, noise_scale=0.2, quad_weight=0.5)
+    lvmmed_ext.gm_loss(z, z + 0.1, graph_size=8, k=3, noise_scale=0.2, quad_weight=0.5, edge_noise_scale=0.2)
+    assert [s for _, s in scales] == [0.2, pytest.approx(0.1), 0.2, 0.2]
+    with pytest.raises(ValueError, match="edge_noise_scale must be None or a finite number >= 0"):
+        lvmmed_ext.gm_loss(z, z, graph_size=8, k=3, edge_noise_scale=float("nan"))

@@ -53,7 +53,6 @@ BUDGETS = {
     "short": {"width": 32, "steps": 150, "ckpt_every": 150},
     "medium": {"width": 32, "steps": 500, "ckpt_every": 250},
 }
-ABLATE_DEMO = BUDGETS["short"]
 
 
 def parse_configs(text: str) -> list[Variant]:
