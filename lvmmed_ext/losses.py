@@ -266,12 +266,21 @@ def _matching_loss(
     with_quad = quad is not None
     if stats is not None:
         stats.update(_noise_free_stats(unary, quad, edges_s, edges_t, partial=partial, solver=solver))
+    # Without noise and without a positive margin, exact ties (a collapsed embedding: every affinity equal) would
+    # be broken towards the identity by the solvers' lower-index rule, i.e. collapse would cost nothing.
+    deterministic = noise == "none" or noise_scale == 0
+    if deterministic and margin <= 0:
+        solve = _tie_safe_solver(
+            edges_s if with_quad else None, edges_t if with_quad else None, samples, partial, solver
+        )
+    else:
+        solve = "qap" if with_quad else "lap"
     X = imle(
         unary - margin * eye if margin else unary,
         quad,
         edges_s if with_quad else None,
         edges_t if with_quad else None,
-        solver="qap" if with_quad else "lap",
+        solver=solve,
         lam=lam / world,
         noise=noise,
         noise_scale=noise_scale,
@@ -284,6 +293,26 @@ def _matching_loss(
     )
     hamming = (X * (1.0 - 2.0 * eye)).sum((1, 2)) + n  # Σ X(1−I) + I(1−X) per graph
     return hamming.mean() * (world * fraction), X
+
+
+def _tie_safe_solver(edges_s, edges_t, samples: int, partial: bool, method: str):
+    """A solver for :func:`imle` (``solve(unary, quad, init)``) that solves with the columns in the fixed shuffled
+    order of :func:`lvmmed_ext.diagnostics.unshuffled_solve`, so exact ties never favour the identity."""
+    from . import qap
+    from .diagnostics import tie_shuffle, unshuffled_solve
+
+    es = None if edges_s is None else edges_s.repeat(samples, 1, 1)
+    et = None if edges_t is None else edges_t.repeat(samples, 1, 1)
+
+    def solve(u, q, init):
+        if q is None:
+            return unshuffled_solve(lambda s, _: qap.linear_assignment(s, maximize=True, partial=partial), u)
+        start = None if init is None else init.index_select(-1, tie_shuffle(u.shape[-1], u.device))
+        return unshuffled_solve(
+            lambda s, label: qap.solve_qap(s, q, es, label[et], partial=partial, method=method, init=start), u
+        )
+
+    return solve
 
 
 @torch.no_grad()

@@ -310,3 +310,19 @@ def test_pretrain_command_records_the_switches(tmp_path):
         "quad_weight": 0.0, "use_gnn": False, "noise": "none", "margin": 1.0, "graph_size": 4, "k": 2
     }  # fmt: skip
     assert not any(k.startswith("gnn.") for k in saved["head"])
+
+
+@pytest.mark.parametrize("quad_weight", [0.0, 0.5])
+def test_noise_none_does_not_reward_a_collapsed_embedding(quad_weight):
+    """Without noise or margin, exact ties must not be broken towards the identity: a collapsed embedding (every
+    affinity equal) costs a chance-level loss, while distinct embeddings still reach zero; the backward runs."""
+    collapsed = torch.ones(32, 8, requires_grad=True)
+    loss = gm_loss(collapsed, collapsed * 2, noise="none", quad_weight=quad_weight)
+    assert loss.item() >= 20  # a random permutation of 16 costs 30 on average; the identity would cost 0
+    loss.backward()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 8, generator=g)
+    distinct = (z + 0.01 * torch.randn(32, 8, generator=g)).requires_grad_()
+    loss = gm_loss(distinct, z, noise="none", quad_weight=quad_weight)
+    assert loss.item() == 0.0
+    loss.backward()

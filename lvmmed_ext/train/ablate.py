@@ -36,7 +36,7 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("gm", "gm", {}, "graph matching, full: second-order QAP, GCN, Gumbel noise, local term"),
+        Variant("gm", "gm", {}, "graph matching, full: second-order QAP, message passing, Gumbel noise, local term"),
         Variant("gm-no-edge", "gm", {"quad_weight": 0.0}, "w/o second-order term: linear assignment"),
         Variant("gm-no-gnn", "gm", {"use_gnn": False}, "w/o message passing"),
         Variant("gm-no-noise", "gm", {"noise": "none", "margin": 1.0}, "w/o Gumbel noise: ground-truth margin 1"),
