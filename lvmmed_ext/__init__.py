@@ -10,8 +10,9 @@ from ._loader import load_extension
 _C = load_extension()
 
 from . import reference  # noqa: E402
+from .heads.gm import LVMMedHead  # noqa: E402
 from .imle import imle  # noqa: E402
-from .losses import LVMMedHead, gm_loss  # noqa: E402
+from .losses import gm_loss  # noqa: E402
 from .models.pretrained import load_pretrained  # noqa: E402
 from .ops import (  # noqa: E402
     edge_affinity,

@@ -7,6 +7,7 @@ import torch
 import lvmmed_ext
 from lvmmed_ext import losses, ops, qap
 from lvmmed_ext.errors import UsageError
+from lvmmed_ext.heads import gm as gm_head
 from lvmmed_ext.losses import LVMMedHead, gm_loss
 from lvmmed_ext.models import resnet18
 from lvmmed_ext.train import SSLModel
@@ -128,13 +129,13 @@ def test_no_gnn_has_no_gcn_parameters_and_matches_the_projector_only_loss(monkey
     assert plain.gnn is None and not any(n.startswith("gnn.") for n, _ in plain.named_parameters())
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in full.projector.parameters())
     seen = []
-    real = losses._matching_loss
+    real = gm_head._matching_loss
 
     def record(zs, zt, *a, **k):
         seen.append(zs.detach().clone())
         return real(zs, zt, *a, **k)
 
-    monkeypatch.setattr(losses, "_matching_loss", record)
+    monkeypatch.setattr(gm_head, "_matching_loss", record)
     h_s, h_t, *maps = _inputs()
     plain(h_s, h_t, *maps)
     full(h_s, h_t, *maps)
@@ -173,13 +174,13 @@ def test_gnn_kind_and_normalize_options(monkeypatch):
     with pytest.raises(ValueError, match="gnn_aggr must be one of"):
         _head(gnn="graphconv", gnn_aggr="median")
     seen = []
-    real = losses._matching_loss
+    real = gm_head._matching_loss
 
     def record(zs, zt, *a, **k):
         seen.append(zs.detach().clone())
         return real(zs, zt, *a, **k)
 
-    monkeypatch.setattr(losses, "_matching_loss", record)
+    monkeypatch.setattr(gm_head, "_matching_loss", record)
     h_s, h_t, *maps = _inputs()
     _head(normalize=True)(h_s, h_t, *maps)
     torch.testing.assert_close(seen[0].norm(dim=-1), torch.ones(2, 8))  # unit node embeddings reach the matching

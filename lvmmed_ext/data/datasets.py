@@ -78,7 +78,8 @@ class PretrainDataset(Dataset):
 
     ``ds[p]`` is a dict: ``views`` a list of float32 ``[C, size, size]`` tensors (globals first), ``pos`` a list of
     float32 ``[R*S, 2]`` cell centres (y, x) in original pixels, ``bad`` a list of ``(path, reason)`` for files
-    that failed to decode while producing it (each is then replaced by another image, deterministically).
+    that failed to decode while producing it (each is then replaced by another image, deterministically), ``index``
+    the image actually used.
     """
 
     def __init__(self, images: ImageSet, views: MultiViewConfig, seed: int = 0):
@@ -119,7 +120,7 @@ class PretrainDataset(Dataset):
             view, p = make_view(img, rng, cfg, scale)
             views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))
             pos.append(torch.from_numpy(p))
-        return {"views": views, "pos": pos, "bad": bad}
+        return {"views": views, "pos": pos, "bad": bad, "index": index}
 
 
 def collate_views(samples: list[dict]) -> dict:
@@ -130,6 +131,69 @@ def collate_views(samples: list[dict]) -> dict:
         "pos": [torch.stack([s["pos"][k] for s in samples]) for k in range(n_views)],
         "bad": [b for s in samples for b in s["bad"]],
     }
+
+
+class TaskStream(Dataset):
+    """Pretraining samples from several image sets ("tasks"), each a stream of its own (a ``PretrainDataset``
+    seeded by (seed, task)). Keys are ``(group, position)`` pairs from :class:`CyclingBatchSampler`; a sample is a
+    ``PretrainDataset`` sample plus ``task`` (``tasks[group]``: a labelled dataset's index, or -1 for unlabelled
+    images) and ``target`` (the image's target from ``targets[group]``, or None).
+    """
+
+    def __init__(
+        self,
+        sets: list[ImageSet],
+        targets: list[np.ndarray | None],
+        tasks: list[int],
+        views: MultiViewConfig,
+        seed: int = 0,
+    ):
+        if not (len(sets) == len(targets) == len(tasks)) or not sets:
+            raise ValueError("TaskStream needs one target array (or None) and one task id per image set")
+        self.streams = [PretrainDataset(s, views, seed=int(seed) * 1000 + 7 * g + 1) for g, s in enumerate(sets)]
+        self.targets, self.tasks = targets, tasks
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.streams)
+
+    def __getitem__(self, key) -> dict:
+        group, position = key
+        sample = self.streams[group][position]
+        target = self.targets[group]
+        sample["task"] = self.tasks[group]
+        sample["target"] = None if target is None else torch.as_tensor(target[sample["index"]])
+        return sample
+
+
+def collate_task_views(samples: list[dict]) -> dict:
+    """``collate_views`` plus ``task`` (the batch's task: every sample of a batch shares it) and ``target``
+    (stacked, or None for unlabelled images)."""
+    out = collate_views(samples)
+    out["task"] = samples[0]["task"]
+    out["target"] = None if samples[0]["target"] is None else torch.stack([s["target"] for s in samples])
+    return out
+
+
+class CyclingBatchSampler(Sampler):
+    """Like :class:`StreamBatchSampler` over ``groups`` streams taken in turn: micro-step m reads group
+    ``m mod groups`` (every rank the same group), at positions ``(m div groups) * B * W + r * B + j`` of that
+    group's stream. Yields lists of ``(group, position)``; resuming at a micro-step reproduces the same batches."""
+
+    def __init__(self, batch_size: int, world: int, rank: int, start: int, stop: int, groups: int):
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        self.batch_size, self.world, self.rank, self.start, self.stop = batch_size, world, rank, start, stop
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        b, w = self.batch_size, self.world
+        for m in range(self.start, self.stop):
+            group, turn = m % self.groups, m // self.groups
+            first = turn * b * w + self.rank * b
+            yield [(group, p) for p in range(first, first + b)]
 
 
 class StreamBatchSampler(Sampler):

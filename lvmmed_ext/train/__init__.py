@@ -6,8 +6,8 @@ Example:
     >>> result = pretrain(cfg)  # doctest: +SKIP
 """
 
+from ..heads import Head, InfoNCEHead, VICRegHead, build_head, info_nce, register_head, vicreg
 from .checkpoint import export_backbone, load_checkpoint
-from .heads import Head, InfoNCEHead, VICRegHead, build_head, info_nce, register_head, vicreg
 from .trainer import RunResult, SSLModel, TrainConfig, milestones, pretrain
 
 __all__ = [

@@ -43,8 +43,18 @@ VARIANTS = {
         Variant("gm-no-local", "gm", {"alpha": 1.0}, "w/o local similarity (alpha = 1)"),
         Variant("infonce", "infonce", {}, "InfoNCE (SimCLR) baseline"),
         Variant("vicreg", "vicreg", {}, "VICReg baseline"),
+        Variant("peac", "peac", {}, "PEAC: student/EMA-teacher global + local (overlapping patches) consistency"),
+        Variant(
+            "ark",
+            "ark",
+            {},
+            "Ark: SUPERVISED, one classifier per labelled dataset (--labels; with --demo the evaluation tasks' "
+            "training rows) + EMA-teacher consistency",
+        ),
     )
 }
+# The configurations run when --configs is not given (the paper's Table 6 rows and the SSL baselines).
+DEFAULT_CONFIGS = ("gm", "gm-no-edge", "gm-no-gnn", "gm-no-noise", "gm-no-local", "infonce", "vicreg")
 
 # `lvmmed ablate --demo --budget NAME`: the pretrain demo's images, views and batch (train.cli.DEMO) with a
 # ResNet-18 of half width (4x fewer FLOPs). "short": the 7 default configurations and 8 evaluations in about 10
@@ -64,7 +74,7 @@ def parse_configs(text: str) -> list[Variant]:
         >>> [v.name for v in parse_configs("gm,gm-a05=gm:alpha=0.5,vicreg:cov_weight=4")]
         ['gm', 'gm-a05', 'vicreg:cov_weight=4']
     """
-    from .heads import head_names
+    from ..heads import head_names
 
     variants: list[Variant] = []
     for item in (s.strip() for s in text.split(",")):
@@ -111,11 +121,11 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("ablation")
     a.add_argument(
         "--configs",
-        default=",".join(VARIANTS),
+        default=",".join(DEFAULT_CONFIGS),
         help="comma-separated configurations, each NAME or [LABEL=]BASE[:KEY=VALUE...] (BASE: a name below or a "
         "loss; KEY=VALUE: head options). Names: "
         + "; ".join(f"{v.name} = {v.about}" for v in VARIANTS.values())
-        + " (default: all of them)",
+        + f" (default: {','.join(DEFAULT_CONFIGS)})",
     )
     a.add_argument(
         "--seeds",
@@ -199,10 +209,13 @@ def _pretrain_or_reuse(cfg):
 
 def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
     """Build the head once on a small input width so that a bad option fails before any training."""
-    from .heads import build_head
+    from ..heads import build_head, head_needs
 
+    tasks = (
+        {"tasks": [{"name": "check", "kind": "single", "classes": ["a", "b"]}]} if head_needs(v.loss, "labels") else {}
+    )
     try:
-        build_head(v.loss, 8, **options)
+        build_head(v.loss, 8, **tasks, **options)
     except UsageError as e:
         raise UsageError(f"configuration {v.name!r}: {e}") from None
     except ValueError as e:
@@ -259,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..eval.probe import load_labelled
+    from ..heads import head_needs
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("lvmmed ablate runs in one process (each configuration uses --device); not under torchrun")
@@ -296,6 +310,11 @@ def _run(args: argparse.Namespace) -> int:
         }
         _check_variant(v, options, base.batch_size)
         plans.append((v, options))
+    supervised = [v.name for v, _ in plans if head_needs(v.loss, "labels")]
+    if base.labels and not supervised:
+        raise UsageError("--labels is read only by supervised configurations (ark); --configs has none")
+    if supervised and not base.labels and not demo:
+        raise UsageError(f"configuration {supervised[0]!r} is supervised: pass --labels NAME=CSV (repeatable)")
 
     if not demo:  # bad evaluation data stops the command before anything is written
         user_tasks = [(_task_name(path, i), path, load_labelled(path, base.preprocessing))
@@ -336,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
             cfg = copy.deepcopy(base)
             cfg.loss, cfg.head_opts, cfg.seed = v.loss, options, seed
             cfg.out = os.path.join(out, "runs", folder_name(v.name), tag)
+            cfg.labels = _labels_for(v, base, demo, os.path.join(out, "eval_tasks", tag), seed)
             print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {v.about} (--loss {v.loss}; {_options_text(options)})",
                   flush=True)  # fmt: skip
             t0 = time.perf_counter()
@@ -397,6 +417,20 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  runs        {os.path.join(out, 'runs')}/<configuration>/seed<S>/  (checkpoint, log, loss plot, backbone)")
     print(f"  evaluation  {os.path.join(out, 'eval')}/<task>/seed<S>/  (confusion matrices, results JSON)")
     return 0
+
+
+def _labels_for(v: Variant, base, demo: bool, task_folder: str, seed: int) -> list[str]:
+    """The ``--labels`` of configuration ``v``: none for a self-supervised loss; for a supervised one the command's
+    ``--labels``, else (with ``--demo``) the demo tasks' CSVs of this seed (their training rows only)."""
+    from ..heads import head_needs
+
+    if not head_needs(v.loss, "labels"):
+        return []
+    if base.labels:
+        return list(base.labels)
+    if demo:
+        return train_cli.demo_label_specs(task_folder, seed)
+    raise UsageError(f"configuration {v.name!r} (--loss {v.loss}) is supervised: pass --labels NAME=CSV")
 
 
 def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: dict, weights: str, label: str, **kw):

@@ -12,10 +12,11 @@ import time
 
 from ..data.presets import PRESET_HELP, PRESETS, Preprocessing
 from ..errors import UsageError
-from ..losses import LVMMedHead, gm_loss
+from ..heads import head_names, head_needs
+from ..heads.gm import LVMMedHead
+from ..losses import gm_loss
 from ..models import BACKBONES
 from ..noise import NOISE_KINDS
-from .heads import head_names
 
 # The demo: ResNet-18 on 96-px views of the offline images, sized to finish pretraining + evaluation in a few
 # minutes on 2 CPU cores.
@@ -109,6 +110,20 @@ def _head_opt(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def _head_options_text() -> str:
+    """One entry per registered loss: its options with their defaults (gm's are its flags above)."""
+    from ..heads import head_options
+
+    parts = []
+    for name in head_names():
+        if name == "gm":
+            parts.append("gm: the flags of the graph-matching group above (and gm_loss's keywords)")
+            continue
+        opts = ", ".join(f"{k}={v!r}" for k, v in head_options(name).items())
+        parts.append(f"{name}: {opts}")
+    return "; ".join(parts)
+
+
 def parser(ablate: bool = False) -> argparse.ArgumentParser:
     """The ``lvmmed pretrain`` options; with ``ablate`` the shared options of ``lvmmed ablate`` (no --loss,
     --head-opt, --resume, --no-eval: the loss and its options come from each configuration)."""
@@ -139,6 +154,15 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
         )
     g = p.add_argument_group("data")
     g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
+    g.add_argument(
+        "--labels",
+        action="append",
+        default=S,
+        metavar="NAME=CSV",
+        help="a labelled dataset for supervised pretraining (--loss ark), repeatable: CSV path,label[,split] (one "
+        "class per image) or a header path,<name1>,<name2>,...[,split] with 0/1 values (multi-label); rows with "
+        "split=test are left out; unlabelled --data may be mixed in",
+    )
     if ablate:
         g.add_argument("--demo", action="store_true", help="the offline demo images (those of lvmmed pretrain "
                        "--demo), a shorter budget (--budget), and the demo's MNI152 anatomical-region and tissue "
@@ -173,9 +197,11 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--arch", choices=sorted(BACKBONES), default=S, help="backbone (resnet50)")
     m.add_argument("--width", type=int, default=S, help="ResNet base width (64 = torchvision)")
     if not ablate:
-        m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm)")
+        m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm); ark is supervised "
+                       "pretraining from --labels, the others are self-supervised")  # fmt: skip
         m.add_argument("--head-opt", type=_head_opt, action="append", default=S, metavar="KEY=VALUE",
-                       help="loss-head option, repeatable (e.g. temperature=0.1)")  # fmt: skip
+                       help="loss-head option, repeatable (e.g. temperature=0.1); the options of each loss are "
+                       "listed under 'loss-head options' below")  # fmt: skip
     m.add_argument(
         "--init",
         default=S,
@@ -193,6 +219,8 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
         gm.add_argument(
             flag, dest=_flag_dest(flag), action="store_true", default=S, help=f"{help_} [sets {key}={value!r}]"
         )
+    if not ablate:
+        p.add_argument_group("loss-head options (--head-opt KEY=VALUE; default after '=')", _head_options_text())
     v = p.add_argument_group("views")
     v.add_argument("--image-size", type=int, default=S, help="global view side in pixels (224)")
     v.add_argument("--crop-scale", type=float, nargs=2, default=S, help="global crop area range (0.4 1.0)")
@@ -334,7 +362,16 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
     for key in ("data", "out", "init"):  # absolute, so a resumed run compares and finds the same paths
         if merged.get(key) and merged[key] != "demo":
             merged[key] = os.path.abspath(merged[key])
+    if merged.get("labels"):
+        merged["labels"] = [_absolute_label_spec(spec) for spec in merged["labels"]]
     return TrainConfig(preprocessing=prep, **merged)
+
+
+def _absolute_label_spec(spec: str) -> str:
+    from ..data.labelsets import parse_label_spec
+
+    name, path = parse_label_spec(spec)
+    return f"{name}={os.path.abspath(path)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +397,14 @@ def _run(args: argparse.Namespace) -> int:
     file_settings = load_config_file(args.config) if args.config else None
     if args.demo and hasattr(args, "data"):
         raise UsageError("--demo uses the offline demo images; drop --data (or drop --demo to train on --data)")
-    if not args.demo and saved is None and not hasattr(args, "data") and not (file_settings or {}).get("data"):
+    has_labels = hasattr(args, "labels") or (file_settings or {}).get("labels")
+    if (
+        not args.demo
+        and saved is None
+        and not hasattr(args, "data")
+        and not (file_settings or {}).get("data")
+        and not has_labels
+    ):
         raise UsageError("no data: pass --data DIR (a folder of images), --demo, or a --config file with 'data'")
     cfg = build_config(args, saved, file_settings)
     demo = cfg.data == "demo"
@@ -372,6 +416,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.resume
             else os.path.join("runs", f"{'demo' if demo else 'pretrain'}-{time.strftime('%Y%m%d-%H%M%S')}")
         )
+    if demo and saved is None and not cfg.labels and head_needs(cfg.loss, "labels"):
+        cfg.labels = demo_label_specs(os.path.join(cfg.out, "eval"), cfg.seed)
     result = pretrain(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -430,6 +476,16 @@ def demo_tasks(folder: str, seed: int, prep: Preprocessing) -> list[tuple[str, s
             return []
         tasks.append((name, about, load_labelled(csv_path, prep)))
     return tasks
+
+
+def demo_label_specs(folder: str, seed: int) -> list[str]:
+    """``NAME=CSV`` label specs of the demo's tasks (built in ``folder/<name>`` with ``seed``, the same files the
+    demo evaluation uses; supervised pretraining reads only their train rows). ``UsageError`` without nilearn."""
+    from ..data import demo
+
+    return [
+        f"{name}={getattr(demo, builder)(os.path.join(folder, name), seed=seed)}" for name, _, builder in DEMO_TASKS
+    ]
 
 
 def _demo_eval(cfg, result) -> list[str]:

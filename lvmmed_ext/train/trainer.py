@@ -14,23 +14,34 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data.datasets import ImageSet, PretrainDataset, StreamBatchSampler, collate_views, seed_worker
+from ..data.datasets import (
+    CyclingBatchSampler,
+    ImageSet,
+    PretrainDataset,
+    StreamBatchSampler,
+    TaskStream,
+    collate_task_views,
+    collate_views,
+    seed_worker,
+)
 from ..data.io import scan
+from ..data.labelsets import LabelSet, load_label_sets
 from ..data.presets import Preprocessing
 from ..data.views import MultiViewConfig, ViewConfig
 from ..diagnostics import StepStats, cosine_matching
 from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from ..errors import UsageError
+from ..heads import LabelBatch, TeacherFeatures, build_head, head_needs
+from ..heads.ema import cosine_momentum, ema_update_, make_teacher
 from ..models import backbone_state_dict, build_backbone, load_pretrained
 from . import checkpoint as ckpt_io
-from .heads import build_head
 from .progress import CsvLog, ProgressBar, TensorBoardLog, plot_loss
 
 # Changing any of these between a checkpoint and its resumption would silently change the run.
 STRUCTURAL = (
     "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "jitter", "local_crops", "local_size",
     "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
-    "preprocessing",
+    "preprocessing", "labels",
 )  # fmt: skip
 
 
@@ -38,7 +49,9 @@ STRUCTURAL = (
 class TrainConfig:
     """Every setting of a pretraining run (the ``lvmmed pretrain`` options; saved in the checkpoint).
 
-    ``data`` is a folder or file path, or ``"demo"`` for the offline demo images. ``batch_size`` is per process
+    ``data`` is a folder or file path, or ``"demo"`` for the offline demo images. ``labels`` lists ``NAME=CSV``
+    labelled datasets for supervised heads (``ark``; see :mod:`lvmmed_ext.data.labelsets`), optionally mixed with
+    unlabelled ``data``. ``batch_size`` is per process
     and micro-step; the global batch is ``batch_size * world * accum``. ``steps`` counts optimizer steps; when
     it is None it is derived from ``epochs`` (one epoch = one pass over the 2D images). The learning rate is
     halved ``halvings`` times at evenly spaced steps (the paper's Adam 2e-3 "halved four times"); the backbone's
@@ -73,6 +86,7 @@ class TrainConfig:
     init: str | None = None
     cache_mb: int = 1024
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: list[str] = field(default_factory=list)
     global_batch: int = 0  # filled in: batch_size * world * accum
 
     def to_json(self) -> dict:
@@ -84,6 +98,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["labels"] = list(d.get("labels") or [])
         d["preprocessing"] = Preprocessing.from_json(d.get("preprocessing", {}))
         for key in ("crop_scale", "local_scale"):
             if key in d:
@@ -114,15 +129,33 @@ class TrainConfig:
 
 
 class SSLModel(nn.Module):
-    """Backbone + loss head. ``forward(views, pos)`` runs every view through the backbone (views of one size in
-    one batch) and averages the head's loss over the view pairs (global i, any other view j); a ``symmetric``
-    head sees each unordered pair of global views once."""
+    """Backbone + loss head. ``forward(views, pos, labels=None)`` runs every view through the backbone (views of
+    one size in one batch) and averages the head's loss over the view pairs (global i, any other view j); a
+    ``symmetric`` head sees each unordered pair of global views once.
+
+    A head with ``needs_teacher`` gets an EMA teacher: ``self.teacher``, a frozen copy of the backbone that
+    encodes the same views without gradient (passed as ``teacher=TeacherFeatures(...)``) and follows the student
+    through :meth:`update_teacher` after each optimizer step. A head with ``needs_labels`` gets ``labels``."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, n_global: int, amp_dtype: torch.dtype | None):
         super().__init__()
         self.backbone, self.head, self.n_global, self.amp_dtype = backbone, head, n_global, amp_dtype
         self.needs_maps = bool(getattr(head, "needs_maps", False))
+        self.needs_labels = bool(getattr(head, "needs_labels", False))
+        self.teacher = make_teacher(backbone) if getattr(head, "needs_teacher", False) else None
         self.stats = StepStats()  # backbone_match_acc per forward (the head keeps its own diagnostics)
+
+    @torch.no_grad()
+    def update_teacher(self, step: int, total: int) -> float | None:
+        """EMA update of the teacher backbone (and the head's teacher modules) after optimizer step ``step`` of
+        ``total``, with the cosine momentum schedule from the head's ``ema_momentum``; returns the momentum."""
+        if self.teacher is None:
+            return None
+        m = cosine_momentum(float(getattr(self.head, "ema_momentum", 0.996)), step, total)
+        ema_update_(self.teacher, self.backbone, m)
+        if hasattr(self.head, "ema_update"):
+            self.head.ema_update(m)
+        return m
 
     def pop_stats(self) -> dict[str, float]:
         """The step's diagnostics: the head's (``match_acc``, ``margin``, ``grad_nodes``) and
@@ -131,18 +164,18 @@ class SSLModel(nn.Module):
         head_stats = getattr(self.head, "stats", None)
         return {**(head_stats.pop() if head_stats is not None else {}), **self.stats.pop()}
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _encode(self, x: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
         ctx = (
             torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
         with ctx:
-            pooled, fmap = self.backbone.features(x)
+            pooled, fmap = (net or self.backbone).features(x)
         maps = fmap.float().flatten(2).transpose(1, 2) if self.needs_maps else None  # [B, P, D]
         return pooled.float(), maps
 
-    def forward(self, views: list[Tensor], pos: list[Tensor]) -> Tensor:
+    def _encode_all(self, views: list[Tensor], net: nn.Module | None = None):
         h: list[Tensor] = []
         y: list[Tensor | None] = []
         i = 0
@@ -150,10 +183,18 @@ class SSLModel(nn.Module):
             j = i
             while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
                 j += 1
-            pooled, maps = self._encode(torch.cat(views[i:j]))
+            pooled, maps = self._encode(torch.cat(views[i:j]), net)
             h += list(pooled.chunk(j - i))
             y += list(maps.chunk(j - i)) if maps is not None else [None] * (j - i)
             i = j
+        return h, y
+
+    def forward(self, views: list[Tensor], pos: list[Tensor], labels: LabelBatch | None = None) -> Tensor:
+        h, y = self._encode_all(views)
+        th = ty = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                th, ty = self._encode_all(views, self.teacher)
         graph_size = int(getattr(self.head, "graph_size", 16))
         backbone = cosine_matching(h[0], h[1], graph_size)
         if backbone:
@@ -167,10 +208,15 @@ class SSLModel(nn.Module):
         ]
         losses = []
         for a, b in pairs:
+            extra = {}
+            if th is not None:
+                extra["teacher"] = TeacherFeatures(th[a], th[b], ty[a], ty[b])
+            if self.needs_labels:
+                extra["labels"] = labels if labels is not None else LabelBatch(-1, None)
             if self.needs_maps:
-                losses.append(self.head(h[a], h[b], y[a], y[b], pos[a], pos[b]))
+                losses.append(self.head(h[a], h[b], y[a], y[b], pos[a], pos[b], **extra))
             else:
-                losses.append(self.head(h[a], h[b]))
+                losses.append(self.head(h[a], h[b], **extra))
         return torch.stack(losses).mean()
 
 
@@ -221,12 +267,32 @@ def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
     return ImageSet(result.sources, prep, cache_bytes=cfg.cache_mb << 20), len(result.skipped)
 
 
+def _label_sets(cfg: TrainConfig, log=print) -> list[LabelSet]:
+    """The ``--labels`` datasets of a supervised head (checked against ``cfg.loss``), logged one line each."""
+    needs = head_needs(cfg.loss, "labels")
+    if cfg.labels and not needs:
+        raise UsageError(f"--labels applies to supervised losses (ark), not --loss {cfg.loss}")
+    if needs and not cfg.labels:
+        raise UsageError(f"--loss {cfg.loss} is supervised pretraining: pass --labels NAME=CSV (repeatable)")
+    if not cfg.labels:
+        return []
+    sets = load_label_sets(cfg.labels, cfg.preprocessing, cache_bytes=cfg.cache_mb << 20)
+    for ls in sets:
+        log(
+            f"labels: {ls.name} ({ls.kind}-label, {len(ls.classes)} classes) {len(ls.images)} images from {ls.path}"
+            + (f"; skipped {len(ls.skipped)} unreadable file(s)" if ls.skipped else "")
+        )
+    return sets
+
+
 def _check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:
     for key in STRUCTURAL:
         mine = cfg.to_json()[key]
         theirs = saved.get(key)
         if key == "preprocessing" and isinstance(theirs, dict):
             theirs = Preprocessing.from_json(theirs).to_json()
+        if key == "labels" and theirs is None:  # checkpoints from before --labels
+            theirs = []
         if mine != theirs:
             raise UsageError(f"checkpoint {path} was made with {key} = {theirs!r}, this run has {mine!r}")
 
@@ -282,8 +348,10 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     cfg.global_batch = cfg.batch_size * dist_info.world * cfg.accum
 
     saved = ckpt_io.load_checkpoint(resume) if resume else None
-    images, skipped_at_scan = build_images(cfg, log=log)
-    n_images = len(images)
+    label_sets = _label_sets(cfg, log)
+    images, skipped_at_scan = build_images(cfg, log=log) if cfg.data or not label_sets else (None, 0)
+    skipped_at_scan += sum(len(ls.skipped) for ls in label_sets)
+    n_images = (len(images) if images is not None else 0) + sum(len(ls.images) for ls in label_sets)
     steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * n_images / cfg.global_batch))
     cfg.steps = steps
     if saved is not None:
@@ -299,7 +367,8 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     backbone = build_backbone(cfg.arch, in_chans=cfg.preprocessing.in_chans, width=cfg.width)
     if cfg.init and saved is None:
         load_pretrained(backbone, cfg.init, verbose=dist_info.is_main)
-    head = build_head(cfg.loss, backbone.out_dim, **cfg.head_opts)
+    tasks = {"tasks": [ls.spec() for ls in label_sets]} if label_sets else {}
+    head = build_head(cfg.loss, backbone.out_dim, **tasks, **cfg.head_opts)
     try:
         grid = backbone.feature_grid(cfg.image_size)
         local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops else None
@@ -336,6 +405,8 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     if saved is not None:
         model.backbone.load_state_dict(saved["backbone"])
         model.head.load_state_dict(saved["head"])
+        if model.teacher is not None:
+            model.teacher.load_state_dict(saved["teacher"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         rngs = saved["rng"]
@@ -366,14 +437,21 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             find_unused_parameters=bool(getattr(head, "find_unused_parameters", False)),
         )
     workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) // dist_info.world - 1))
-    dataset = PretrainDataset(images, views, seed=cfg.seed)
+    span = (cfg.batch_size, dist_info.world, dist_info.rank, start * cfg.accum, steps * cfg.accum)
+    if label_sets:  # labelled datasets (then the unlabelled images) in turn, one per micro-step
+        sets = [ls.images for ls in label_sets] + ([images] if images is not None else [])
+        targets = [ls.targets for ls in label_sets] + ([None] if images is not None else [])
+        task_ids = list(range(len(label_sets))) + ([-1] if images is not None else [])
+        dataset = TaskStream(sets, targets, task_ids, views, seed=cfg.seed)
+        sampler, collate = CyclingBatchSampler(*span, groups=len(sets)), collate_task_views
+    else:
+        dataset = PretrainDataset(images, views, seed=cfg.seed)
+        sampler, collate = StreamBatchSampler(*span), collate_views
     loader = DataLoader(
         dataset,
-        batch_sampler=StreamBatchSampler(
-            cfg.batch_size, dist_info.world, dist_info.rank, start * cfg.accum, steps * cfg.accum
-        ),
+        batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_views,
+        collate_fn=collate,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed + start),
         pin_memory=device.type == "cuda",
@@ -420,6 +498,11 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 "width": getattr(backbone, "width", None),
                 "backbone": backbone_state_dict(model.backbone),
                 "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+                **(
+                    {"teacher": {k: v.detach().cpu() for k, v in model.teacher.state_dict().items()}}
+                    if model.teacher is not None
+                    else {}
+                ),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rngs,
@@ -440,9 +523,15 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                         print(f"warning: skipping unreadable file {path}: {reason}", file=sys.stderr, flush=True)
                 vs = [v.to(device, non_blocking=True) for v in batch["views"]]
                 ps = [p.to(device, non_blocking=True) for p in batch["pos"]] if model.needs_maps else [None] * len(vs)
+                labels = None
+                if model.needs_labels:
+                    target = batch.get("target")
+                    labels = LabelBatch(
+                        int(batch.get("task", -1)), None if target is None else target.to(device, non_blocking=True)
+                    )
                 sync = net.no_sync() if ddp and micro < cfg.accum - 1 else contextlib.nullcontext()
                 with sync:
-                    loss = net(vs, ps) / cfg.accum
+                    loss = net(vs, ps, labels) / cfg.accum
                     loss.backward()
                 step_loss += loss.detach().item()
             if not math.isfinite(step_loss):
@@ -451,6 +540,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            model.update_teacher(step, steps)
             loss_value = all_reduce_mean(step_loss, device)
             diag = {k: all_reduce_mean(v, device) for k, v in model.pop_stats().items()}
             images_done += cfg.global_batch

@@ -8,8 +8,8 @@ from functools import partial
 
 import torch
 
+from ...heads import info_nce
 from ...losses import gm_loss
-from ...train.heads import info_nce
 from ..report import fmt_time, row
 from ..timing import ratio
 

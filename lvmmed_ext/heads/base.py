@@ -1,0 +1,148 @@
+"""The loss-head interface and registry.
+
+A head is an ``nn.Module`` whose ``forward(h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None, **extra)``
+returns a scalar loss for one pair of views:
+
+* ``h_s``, ``h_t``: pooled backbone features ``[B, D]`` of the two views (float32, this rank's images);
+* ``y_s``, ``y_t``: backbone feature maps flattened to ``[B, P, D]`` (P = R*S cells, row-major; 7x7 = 49 for a
+  ResNet at 224 px), passed only when the head sets ``needs_maps = True`` (otherwise ``None`` and the trainer
+  neither computes nor moves them);
+* ``pos_s``, ``pos_t``: ``[B, P, 2]`` cell centres (y, x) in original-image pixels (mirrored when a view was
+  flipped), same condition;
+* ``teacher=TeacherFeatures(h_s, h_t, y_s, y_t)``: the same features from the EMA teacher backbone (no gradient),
+  passed only when the head sets ``needs_teacher = True``;
+* ``labels=LabelBatch(task, target)``: the batch's dataset index and targets, passed only when the head sets
+  ``needs_labels = True`` (supervised heads; see :mod:`lvmmed_ext.data.labelsets`).
+
+Class attributes a head may set: ``needs_maps``, ``needs_teacher``, ``needs_labels`` (default False), ``symmetric``
+(True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once),
+``find_unused_parameters`` (DDP: some parameters get no gradient in some steps), ``ema_momentum`` (the base
+momentum of the teacher, with ``needs_teacher``). A head with a teacher may define ``ema_update(momentum)`` for its
+own teacher modules; the trainer updates the teacher backbone itself after every optimizer step.
+
+Diagnostics: a head may have a ``stats`` attribute (``lvmmed_ext.diagnostics.StepStats``) into which each forward
+records ``match_acc`` and ``margin`` of its embeddings (``Head.record_matching`` does it for the baselines); the
+trainer pops it once per optimizer step into log.csv, TensorBoard and the progress bar.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, NamedTuple
+
+from torch import Tensor, nn
+
+from ..diagnostics import StepStats, cosine_matching
+from ..errors import UsageError
+
+
+class HeadUnavailable(UsageError):
+    """The requested head cannot be built in this installation."""
+
+
+class TeacherFeatures(NamedTuple):
+    """The EMA teacher backbone's outputs for the two views of a pair (``y_*`` None unless the head needs maps)."""
+
+    h_s: Tensor
+    h_t: Tensor
+    y_s: Tensor | None = None
+    y_t: Tensor | None = None
+
+
+class LabelBatch(NamedTuple):
+    """The labels of a batch: ``task`` the index of its labelled dataset (every image of a batch comes from one
+    dataset; -1 for unlabelled images), ``target`` ``[B, K]`` float 0/1 (multi-label) or ``[B]`` int64 (one class
+    per image), None when unlabelled."""
+
+    task: int
+    target: Tensor | None
+
+
+class Head(nn.Module):
+    """Base class of loss heads (see the module docstring for the ``forward`` contract)."""
+
+    needs_maps: bool = False
+    needs_teacher: bool = False
+    needs_labels: bool = False
+    symmetric: bool = False
+    graph_size: int = 16  # group size of the matching diagnostics (gm's default graph size)
+
+    def __init__(self):
+        super().__init__()
+        self.stats = StepStats()
+
+    def record_matching(self, z_s: Tensor, z_t: Tensor) -> None:
+        """Record the noise-free matching diagnostics of two views' embeddings ``[B, F]`` (LAP on cosines in
+        groups of ``graph_size``; see :func:`lvmmed_ext.diagnostics.cosine_matching`)."""
+        self.stats.record(cosine_matching(z_s, z_t, self.graph_size))
+
+    def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None, **extra) -> Tensor:
+        raise NotImplementedError
+
+
+_HEADS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_head(name: str):
+    """Decorator: register a head factory ``f(in_dim, **cfg) -> nn.Module`` (usually the head class) under
+    ``name``. The factory's keyword parameters are the head's options (``lvmmed pretrain --help`` lists them)."""
+
+    def wrap(factory):
+        _HEADS[name] = factory
+        return factory
+
+    return wrap
+
+
+def head_names() -> list[str]:
+    return sorted(_HEADS)
+
+
+def head_factory(name: str) -> Callable[..., nn.Module]:
+    """The registered factory of ``name`` (a class for most heads: its ``needs_*`` attributes can be read before
+    building it). Raises ``HeadUnavailable`` for an unknown name."""
+    if name not in _HEADS:
+        raise HeadUnavailable(f"unknown --loss {name!r}; available: {', '.join(head_names())}")
+    return _HEADS[name]
+
+
+def head_needs(name: str, what: str) -> bool:
+    """Whether head ``name`` declares ``needs_<what>`` (``"labels"``, ``"teacher"``) on its factory."""
+    return bool(getattr(head_factory(name), f"needs_{what}", False))
+
+
+def head_options(name: str) -> dict[str, object]:
+    """The keyword options of head ``name`` with their defaults (``in_dim`` and supervised-task specs excluded)."""
+    factory = head_factory(name)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    options = {}
+    for pname, p in inspect.signature(target).parameters.items():
+        if pname in ("self", "in_dim", "tasks") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        options[pname] = None if p.default is inspect.Parameter.empty else p.default
+    return options
+
+
+def build_head(name: str, in_dim: int, **cfg) -> nn.Module:
+    """Build the loss head ``name`` for backbone features of width ``in_dim``.
+
+    Args:
+        name: ``"gm"`` (the graph-matching loss, :class:`lvmmed_ext.LVMMedHead`), ``"infonce"``, ``"vicreg"``,
+            ``"peac"``, ``"ark"`` or another registered name (see :func:`head_names`).
+        in_dim: D, the backbone's pooled feature width.
+        **cfg: head options (e.g. ``temperature=0.2`` for infonce).
+
+    Raises:
+        HeadUnavailable (a ``UsageError``): unknown name. UsageError: a bad option.
+
+    Example:
+        >>> import torch
+        >>> head = build_head("infonce", 512, hidden_dim=256, out_dim=64)
+        >>> head(torch.randn(8, 512), torch.randn(8, 512)).shape
+        torch.Size([])
+    """
+    factory = head_factory(name)
+    try:
+        return factory(in_dim, **cfg)
+    except TypeError as e:
+        raise UsageError(f"bad option for --loss {name}: {e}") from None
