@@ -212,3 +212,16 @@ def test_peac_runs_from_the_cli(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert set(state["teacher"]) == set(state["backbone"])
     assert (out / "backbone.pth").exists()
+
+
+def test_a_grid_too_small_for_peac_stops_before_training(tmp_path, capsys):
+    from lvmmed_ext.train.cli import main
+
+    data = make_image_folder(tmp_path / "imgs", n=4)
+    out = tmp_path / "r"
+    args = ["--data", str(data), "--loss", "peac", "--steps", "1", "--batch-size", "2", "--workers", "0",
+            "--no-eval", "--arch", "resnet18", "--width", "4", "--image-size", "32", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--loss peac needs a feature grid of at least 2x2 cells; --image-size 32 gives 1x1 with resnet18" in err
+    assert not out.exists()

@@ -16,7 +16,8 @@ returns a scalar loss for one pair of views:
 
 Class attributes a head may set: ``needs_maps``, ``needs_teacher``, ``needs_labels`` (default False), ``symmetric``
 (True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once),
-``find_unused_parameters`` (DDP: some parameters get no gradient in some steps), ``ema_momentum`` (the base
+``find_unused_parameters`` (DDP: some parameters get no gradient in some steps), ``min_grid`` (the smallest
+feature grid side the head accepts; checked before training), ``ema_momentum`` (the base
 momentum of the teacher, with ``needs_teacher``). A head with a teacher may define ``ema_update(momentum)`` for its
 own teacher modules; the trainer updates the teacher backbone itself after every optimizer step.
 

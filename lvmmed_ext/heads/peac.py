@@ -106,6 +106,7 @@ class PEACHead(Head):
     needs_maps = True
     needs_teacher = True
     symmetric = True
+    min_grid = 2  # the trainer checks the views' feature grids before training
 
     def __init__(
         self,

@@ -374,6 +374,13 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops else None
     except ValueError as e:
         raise UsageError(f"--image-size/--local-size do not fit {cfg.arch}: {e}") from None
+    min_grid = int(getattr(head, "min_grid", 1))
+    for flag, size, g in (("--image-size", cfg.image_size, grid), ("--local-size", cfg.local_size, local_grid)):
+        if g is not None and min(g) < min_grid:
+            raise UsageError(
+                f"--loss {cfg.loss} needs a feature grid of at least {min_grid}x{min_grid} cells; {flag} {size} "
+                f"gives {g[0]}x{g[1]} with {cfg.arch} (stride {getattr(backbone, 'stride', '?')})"
+            )
     views = MultiViewConfig(
         ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid),
         2,
