@@ -11,7 +11,10 @@ COMMANDS = {
     "bench": ("lvmmed_ext.bench.cli", "benchmark suite: ours vs peers, JSON out, regression gate"),
     "pretrain": ("lvmmed_ext.train.cli", "self-supervised pretraining on a folder of images, or --demo"),
     "export": ("lvmmed_ext.train.export", "backbone of a checkpoint -> torchvision-style .pth + preprocessing .json"),
-    "eval": ("lvmmed_ext.eval.cli", "linear-probe / kNN evaluation of frozen features on labelled images"),
+    "eval": (
+        "lvmmed_ext.eval.cli",
+        "linear-probe / kNN / fine-tune evaluation on labelled images; `eval segment`: U-Net fine-tuning, Dice",
+    ),
     "ablate": (
         "lvmmed_ext.train.ablate",
         "gm ablations (paper Table 6) + InfoNCE/VICReg: same budget, probe + kNN table",

@@ -221,3 +221,4 @@ def test_demo_path_on_one_step(tmp_path, capsys):
     assert "demo, resnet18 (width 32), 96 px views" in table and "3 classes: csf, grey_matter, white_matter" in table
     assert "4 classes: anterior, mid_anterior, mid_posterior, posterior" in table
     assert "| gm-no-local | gm | alpha=1.0 |" in table  # the variant's options (gm runs the demo with its defaults)
+    assert "| seg Dice |" in table and "- `segment`: U-Net fine-tuning" in table  # the demo segmentation column

@@ -4,7 +4,8 @@ Nothing is copied into the repository: the files are located inside the installe
 a package that is absent is skipped with a note. Sources:
 
 * ``nilearn``: the MNI152 2009a T1 template (1 mm, skull-stripped), axial slices 12..148, plus its grey- and
-  white-matter probability maps for the labelled evaluation task (``mni152_tissue_task``);
+  white-matter probability maps for the labelled evaluation tasks (``mni152_tissue_task``, ``mni152_region_task``)
+  and the segmentation task (``mni152_segmentation_task``);
 * ``pydicom`` / ``pydicom-data``: real CT, MR, CR (radiographs), ultrasound (incl. an echo cine, every 4th
   frame) and NM scans, in several transfer syntaxes;
 * ``nibabel``: its test volumes ``example4d.nii.gz`` (fMRI, 2 time points) and ``anatomical.nii``.
@@ -253,3 +254,39 @@ def mni152_region_task(
         labels[tissue & band[None, :, None]] = c
     per_class = {"train": per_class_train, "test": per_class_test}
     return _write_patches(out_dir, t1, labels, [r[0] for r in REGIONS], patch, per_class, slab, margin, seed)
+
+
+SEGMENTATION_CLASSES = ("background", "grey_matter", "white_matter", "csf")
+
+
+def mni152_segmentation_task(out_dir: str, slab: int = 10, margin: int = 2, step: int = 1) -> str:
+    """Build the demo segmentation task and return its CSV path (columns ``image,mask,split``).
+
+    Task: segment axial slices of the MNI152 T1 template (197x233 px at 1 mm, anterior up) into
+    ``SEGMENTATION_CLASSES``: 0 outside the brain (T1 = 0, the template is skull-stripped), else the tissue with
+    the largest probability among grey matter, white matter and CSF (1 - GM - WM). Held-out slabs
+    (``slab_slices``): slices of even 10-slice slabs of 30..139 are training images, of odd slabs test images, and
+    ``margin`` slices at each slab border are unused, so train and test slices are at least ``2 * margin + 1`` mm
+    apart; ``step`` keeps every step-th slice. Writes ``images/z<k>.png`` (8-bit) and ``masks/z<k>.png`` (labels
+    0..3) and ``pairs.csv``, the input of ``lvmmed eval segment --data``.
+    """
+    import cv2
+
+    t1, gm, wm, _ = _load_mni152()
+    labels = 1 + np.argmax(np.stack([gm, wm, np.clip(1 - gm - wm, 0, 1)]), axis=0).astype(np.uint8)
+    labels[t1 <= 0] = 0
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    rows = []
+    for split in ("train", "test"):
+        for z in slab_slices(split, slab, margin)[::step]:
+            name = f"z{z:03d}.png"
+            for sub, arr in (("images", np.round(t1[:, :, z] * 255).astype(np.uint8)), ("masks", labels[:, :, z])):
+                cv2.imwrite(os.path.join(out_dir, sub, name), np.ascontiguousarray(np.rot90(arr)))
+            rows.append((f"images/{name}", f"masks/{name}", split))
+    csv_path = os.path.join(out_dir, "pairs.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "mask", "split"])
+        w.writerows(rows)
+    return csv_path

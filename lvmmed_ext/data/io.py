@@ -123,6 +123,15 @@ def read_header(path: str, kind: str, axis: int = 2) -> Source:
         raise ReadError(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}") from None
 
 
+def header_of(path: str, axis: int = 2) -> Source:
+    """The ``Source`` of one file of any supported type (by extension or the DICOM marker); ``ReadError`` for a file
+    of another type or with an unreadable header."""
+    kind = _kind_of(path)
+    if kind is None:
+        raise ReadError(f"not a supported image type ({SUPPORTED})")
+    return read_header(path, kind, axis)
+
+
 def _tiff_count(shape: tuple[int, ...]) -> int:
     colour = len(shape) >= 3 and shape[-1] in (3, 4)
     lead = shape[:-3] if colour else shape[:-2]
@@ -293,6 +302,39 @@ def read_source(src: Source, prep: Preprocessing) -> Loaded:
         vol = np.stack([cv2.resize(fr, (nw, nh), interpolation=cv2.INTER_AREA) for fr in vol])
         scale = (h / nh, w / nw)
     return Loaded(vol.astype(np.float16), scale, preset)
+
+
+def read_labels(src: Source, axis: int = 2) -> np.ndarray:
+    """Decode a label map (segmentation mask) as it is stored, without intensity preset or resizing.
+
+    Returns int64 ``[F, H, W]`` in the frame/slice order of ``read_source`` (NIfTI sliced along ``axis``). An 8-bit
+    mask holding only the values 0 and 255 is binary (255 -> 1). Raises ``ReadError`` for an undecodable file, a
+    colour mask whose channels differ, or values that are not integers.
+
+    Example:
+        >>> read_labels(Source("masks/case1.png", "raster", 1)).shape  # doctest: +SKIP
+        (1, 256, 256)
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw, colour, _, _ = _decode(src, Preprocessing(axis=axis))
+    except ReadError:
+        raise
+    except Exception as e:  # noqa: BLE001  (decoder errors of every kind mean: unreadable file)
+        raise ReadError(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'decode failed'}") from None
+    raw = np.asarray(raw)
+    if colour:
+        if not ((raw[..., 0] == raw[..., 1]).all() and (raw[..., 1] == raw[..., 2]).all()):
+            raise ReadError("a colour mask (expected one channel of integer class labels)")
+        raw = raw[..., 0]
+    if not np.issubdtype(raw.dtype, np.integer):
+        if not np.isfinite(raw).all() or (raw != np.round(raw)).any():
+            raise ReadError("mask values are not integers (expected class labels 0, 1, ...)")
+    labels = raw.astype(np.int64)
+    if raw.dtype == np.uint8 and labels.max(initial=0) == 255 and np.isin(labels, (0, 255)).all():
+        labels //= 255
+    return labels
 
 
 class SourceCache:

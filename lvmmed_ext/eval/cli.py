@@ -1,4 +1,5 @@
-"""``lvmmed eval linear-probe|knn|finetune --weights W --data DIR``: evaluation of a backbone on labelled data."""
+"""``lvmmed eval linear-probe|knn|finetune --weights W --data DIR``: evaluation of a backbone on labelled data;
+``lvmmed eval segment ...`` (U-Net fine-tuning on image/mask pairs) lives in ``segment``."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def backbone_for(
     in_chans: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    build=build_backbone,
 ) -> tuple[nn.Module, Preprocessing, int]:
     """(backbone, preprocessing, input size) for ``weights`` (a path, or ``"random"`` for random init with
     ``seed``). Options left as None come from the weights' JSON/checkpoint, else resnet50 / 1 channel / 224.
+    ``build(arch, in_chans=, width=)`` makes the module (``models.build_encoder`` for segmentation encoders).
     Raises ``UsageError`` when the weights are unreadable or do not fit the architecture."""
     info = {} if weights == "random" else weights_info(weights)
     if weights != "random" and not os.path.isfile(weights):
@@ -85,7 +88,7 @@ def backbone_for(
     size = image_size or int(info.get("image_size") or 224)
     torch.manual_seed(seed)
     try:
-        backbone = build_backbone(arch, in_chans=prep.in_chans, width=width)
+        backbone = build(arch, in_chans=prep.in_chans, width=width)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if weights != "random":
@@ -205,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate a backbone on a labelled set (one sub-folder per class, or a CSV "
         "path,label[,split]): a logistic-regression linear probe or a kNN classifier on frozen features, or "
         "end-to-end fine-tuning with a linear classifier; prints accuracy and balanced accuracy, writes a "
-        "confusion-matrix PNG. Protocol: see lvmmed_ext/eval/probe.py.",
+        "confusion-matrix PNG. Protocol: see lvmmed_ext/eval/probe.py. Segmentation (U-Net fine-tuning on "
+        "image/mask pairs, Dice): lvmmed eval segment --help.",
     )
     p.add_argument("method", choices=METHODS)
     p.add_argument("--weights", required=True, help="exported backbone .pth, a checkpoint, or 'random' (random init)")
@@ -242,6 +246,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "segment":
+        from .segment import main as segment_main
+
+        return segment_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         l2 = args.l2 if args.l2 == "auto" else float(args.l2)

@@ -56,24 +56,31 @@ class LabelledData:
     skipped: list[tuple[str, str]]
 
 
-def _read_csv(path: str) -> list[tuple[str, str, str | None]]:
+def read_csv_rows(path: str, columns: tuple[str, str] = ("path", "label"), paths: int = 1):
+    """Rows ``(first, second, split or None)`` of a CSV ``first,second[,split]`` (an optional header line starting
+    with ``columns[0]``; ``#`` comments). The first ``paths`` columns are file paths, made absolute relative to the
+    CSV's folder. Raises ``UsageError`` naming the line for a short row or a split other than train/test."""
     base = os.path.dirname(os.path.abspath(path))
+    layout = f"{','.join(columns)}[,split]"
     rows = []
     with open(path, newline="") as f:
         for i, row in enumerate(csv.reader(f)):
             if not row or row[0].startswith("#"):
                 continue
-            if i == 0 and row[0].strip().lower() == "path":
+            if i == 0 and row[0].strip().lower() == columns[0]:
                 continue
             if len(row) < 2:
-                raise UsageError(f"{path} line {i + 1}: expected path,label[,split], got {row!r}")
+                raise UsageError(f"{path} line {i + 1}: expected {layout}, got {row!r}")
             split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else None
             if split not in (None, "train", "test"):
                 raise UsageError(f"{path} line {i + 1}: split must be train or test, got {row[2]!r}")
-            p = row[0].strip()
-            rows.append((p if os.path.isabs(p) else os.path.join(base, p), row[1].strip(), split))
+            first, second = (
+                os.path.join(base, v.strip()) if k < paths and not os.path.isabs(v.strip()) else v.strip()
+                for k, v in enumerate(row[:2])
+            )
+            rows.append((first, second, split))
     if not rows:
-        raise UsageError(f"{path} lists no images (expected lines path,label[,split])")
+        raise UsageError(f"{path} lists no images (expected lines {layout})")
     return rows
 
 
@@ -89,7 +96,7 @@ def load_labelled(data: str, prep: Preprocessing, cache_bytes: int = 1 << 30) ->
     if os.path.isfile(data):
         if not data.lower().endswith(".csv"):
             raise UsageError(f"--data {data} must be a folder with one sub-folder per class or a .csv file")
-        entries = _read_csv(data)
+        entries = read_csv_rows(data)
         missing = [p for p, _, _ in entries if not os.path.exists(p)]
         if missing:
             raise UsageError(f"{data} lists {len(missing)} missing file(s), e.g. {missing[0]}")
@@ -256,19 +263,8 @@ def finetune(
             loss.backward()
             opt.step()
             sched.step()
-    # BatchNorm running statistics after a short fine-tuning lag far behind the weights (momentum 0.1): recompute
-    # them as exact averages over the training images before scoring in eval mode
-    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    with torch.no_grad():
-        for x, _ in torch.utils.data.DataLoader(train_set, batch_size=batch_size, num_workers=workers,
-                                                drop_last=single_last):  # fmt: skip
-            backbone.features(x.to(device))
-    for m in norms:
-        m.momentum = 0.1
-    backbone.eval()
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, num_workers=workers, drop_last=single_last)
+    recompute_batchnorm(backbone, (x.to(device) for x, _ in loader), backbone.features)
     preds = []
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, test.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers
@@ -277,6 +273,27 @@ def finetune(
         for x, _ in loader:
             preds.append(head(backbone.features(x.to(device))[0]).argmax(1).cpu())
     return torch.cat(preds).numpy()
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, inputs, forward=None) -> None:
+    """Replace the BatchNorm running statistics of ``model`` by exact averages over the batches ``inputs`` (run
+    through ``forward``, default ``model``), then put ``model`` in eval mode.
+
+    After a short fine-tuning the running statistics (momentum 0.1) lag far behind the weights; scoring in eval
+    mode with them costs accuracy. A model without BatchNorm is only put in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        model.train()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        for x in inputs:
+            (forward or model)(x)
+        for m in norms:
+            m.momentum = 0.1
+    model.eval()
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int = 100):

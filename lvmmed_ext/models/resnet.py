@@ -72,6 +72,7 @@ class ResNet(nn.Module):
     """
 
     stride = 32
+    stage_strides = (2, 4, 8, 16, 32)  # of the maps ``stages`` returns
 
     def __init__(
         self,
@@ -130,10 +131,26 @@ class ResNet(nn.Module):
         width = height if width is None else width
         return math.ceil(height / self.stride), math.ceil(width / self.stride)
 
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of the maps ``stages`` returns: ``[w, w e, 2 w e, 4 w e, 8 w e]`` (w = width, e = expansion)."""
+        e = self.out_dim // (8 * self.width)
+        return [self.width] + [self.width * m * e for m in (1, 2, 4, 8)]
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """``[B, in_chans, H, W]`` -> the stem's map (stride 2) and each stage's output (strides 4, 8, 16, 32):
+        ``[B, stage_channels[i], ceil(H / stride_i), ceil(W / stride_i)]``, the skip connections of a U-Net."""
+        stem = self.relu(self.bn1(self.conv1(x)))
+        maps = [stem]
+        y = self.maxpool(stem)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            y = layer(y)
+            maps.append(y)
+        return maps
+
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, D, ceil(H/32), ceil(W/32)]``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.stages(x)[-1]
 
     def pool(self, fmap: Tensor) -> Tensor:
         """``[B, D, R, S]`` -> ``[B, D]`` global average."""

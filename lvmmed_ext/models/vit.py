@@ -129,6 +129,19 @@ class VisionTransformer(nn.Module):
         """``[B, C, H, W]`` -> patch-token map ``[B, D, H/p, W/p]``."""
         return self.features(x)[1]
 
+    @property
+    def stage_channels(self) -> list[int]:
+        """``[D]``: one stage, the patch-token map (a U-Net decoder upsamples it without skips)."""
+        return [self.hidden_dim]
+
+    @property
+    def stage_strides(self) -> tuple[int]:
+        return (self.patch_size,)
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """``[B, C, H, W]`` -> ``[fmap [B, D, H/p, W/p]]`` (the list form of ``forward_features``, as ResNets give)."""
+        return [self.forward_features(x)]
+
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.features(x)[0]
         return self.heads(pooled) if self.num_classes > 0 else pooled
