@@ -80,10 +80,13 @@ class PretrainDataset(Dataset):
     float32 ``[R*S, 2]`` cell centres (y, x) in original pixels, ``bad`` a list of ``(path, reason)`` for files
     that failed to decode while producing it (each is then replaced by another image, deterministically), ``index``
     the image actually used.
+
+    With ``pair`` (an object with ``make_pair(view, rng) -> (input, target)``, e.g. a Genesis config) a sample is
+    one crop of the global view config turned into the two "views" ``[input, target]`` of a restoration head.
     """
 
-    def __init__(self, images: ImageSet, views: MultiViewConfig, seed: int = 0):
-        self.images, self.views, self.seed = images, views, int(seed)
+    def __init__(self, images: ImageSet, views: MultiViewConfig, seed: int = 0, pair=None):
+        self.images, self.views, self.seed, self.pair = images, views, int(seed), pair
         self._perms: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()  # sources that failed in this process
 
@@ -116,6 +119,12 @@ class PretrainDataset(Dataset):
         else:
             raise UsageError(f"no readable image after {MAX_READ_TRIES} tries (last failure: {last})")
         prep, views, pos = self.images.prep, [], []
+        if self.pair is not None:
+            view, p = make_view(img, rng, self.views.global_view, scale)
+            for v in self.pair.make_pair(view, rng):
+                views.append(torch.from_numpy(to_chw(np.ascontiguousarray(v), prep.in_chans, prep.mean, prep.std)))
+                pos.append(torch.from_numpy(p))
+            return {"views": views, "pos": pos, "bad": bad, "index": index}
         for cfg in self.views.configs():
             view, p = make_view(img, rng, cfg, scale)
             views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))

@@ -14,6 +14,11 @@ returns a scalar loss for one pair of views:
 * ``labels=LabelBatch(task, target)``: the batch's dataset index and targets, passed only when the head sets
   ``needs_labels = True`` (supervised heads; see :mod:`lvmmed_ext.data.labelsets`).
 
+Restoration heads (``needs_encoder = True``, e.g. ``genesis``) are called instead as ``forward(encoder, x_in,
+x_target)`` with the backbone and the two "views" that their ``pair_config`` (an object with ``make_pair(view,
+rng) -> (input, target)``, run in the data loader) made from one crop; they are built with ``stages`` (the
+backbone's stage strides and channels) and own only a decoder.
+
 Class attributes a head may set: ``needs_maps``, ``needs_teacher``, ``needs_labels`` (default False), ``symmetric``
 (True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once),
 ``find_unused_parameters`` (DDP: some parameters get no gradient in some steps), ``min_grid`` (the smallest
@@ -65,6 +70,7 @@ class Head(nn.Module):
     needs_maps: bool = False
     needs_teacher: bool = False
     needs_labels: bool = False
+    needs_encoder: bool = False
     symmetric: bool = False
     graph_size: int = 16  # group size of the matching diagnostics (gm's default graph size)
 
@@ -118,7 +124,7 @@ def head_options(name: str) -> dict[str, object]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     options = {}
     for pname, p in inspect.signature(target).parameters.items():
-        if pname in ("self", "in_dim", "tasks") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        if pname in ("self", "in_dim", "tasks", "stages") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         options[pname] = None if p.default is inspect.Parameter.empty else p.default
     return options

@@ -44,6 +44,7 @@ VARIANTS = {
         Variant("infonce", "infonce", {}, "InfoNCE (SimCLR) baseline"),
         Variant("vicreg", "vicreg", {}, "VICReg baseline"),
         Variant("peac", "peac", {}, "PEAC: student/EMA-teacher global + local (overlapping patches) consistency"),
+        Variant("genesis", "genesis", {}, "Models Genesis: restore Bezier/shuffle/in-/out-painted crops (U-Net, MSE)"),
         Variant(
             "ark",
             "ark",
@@ -211,11 +212,13 @@ def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
     """Build the head once on a small input width so that a bad option fails before any training."""
     from ..heads import build_head, head_needs
 
-    tasks = (
-        {"tasks": [{"name": "check", "kind": "single", "classes": ["a", "b"]}]} if head_needs(v.loss, "labels") else {}
-    )
+    extra: dict = {}
+    if head_needs(v.loss, "labels"):
+        extra["tasks"] = [{"name": "check", "kind": "single", "classes": ["a", "b"]}]
+    if head_needs(v.loss, "encoder"):
+        extra["stages"] = {"strides": [2, 4], "channels": [4, 8], "dims": 2}
     try:
-        build_head(v.loss, 8, **tasks, **options)
+        build_head(v.loss, 8, **extra, **options)
     except UsageError as e:
         raise UsageError(f"configuration {v.name!r}: {e}") from None
     except ValueError as e:
@@ -324,6 +327,8 @@ def _run(args: argparse.Namespace) -> int:
     device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     workers = base.workers if base.workers is not None else (0 if demo else min(4, max(0, (os.cpu_count() or 1) - 1)))
     eval_kw = dict(device=device, workers=workers, l2=l2, k=args.eval_k, test_frac=args.eval_test_frac)
+    seg_data = _demo_segmentation_data(os.path.join(out, "eval_tasks", "segment"), base) if demo else None
+    seg_meta: dict = {}
 
     t_all = time.perf_counter()
     n_runs = len(plans) * len(seeds)
@@ -344,7 +349,8 @@ def _run(args: argparse.Namespace) -> int:
             tasks_meta = {n: {"name": n, "about": about, "classes": d.classes} for n, about, d in tasks}
 
         t0 = time.perf_counter()
-        evaluate_all = functools.partial(_evaluate_tasks, tasks, tasks_meta, seed, os.path.join(out, "eval"), eval_kw)
+        evaluate_all = functools.partial(_evaluate_tasks, tasks, tasks_meta, seed, os.path.join(out, "eval"), eval_kw,
+                                         seg=seg_data, seg_meta=seg_meta)  # fmt: skip
         per_seed["random init"][seed] = evaluate_all(
             "random", "random_init", arch=base.arch, width=base.width, in_chans=base.preprocessing.in_chans,
             image_size=base.image_size,
@@ -373,7 +379,8 @@ def _run(args: argparse.Namespace) -> int:
             first = tasks[0][0]
             print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {first} linear probe "
                   f"{metrics[f'{first}/linear_probe_bal_acc']:.3f}, kNN {metrics[f'{first}/knn_bal_acc']:.3f} "
-                  f"(balanced; {how} in {t_train:.0f} s, evaluated in {timings[v.name][tag]['eval_s']:.0f} s)",
+                  f"(balanced){_seg_text(metrics)} ({how} in {t_train:.0f} s, evaluated in "
+                  f"{timings[v.name][tag]['eval_s']:.0f} s)",
                   flush=True)  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
 
@@ -393,6 +400,7 @@ def _run(args: argparse.Namespace) -> int:
         "seeds": seeds,
         "budget": args.budget if demo else None,
         "tasks": list(tasks_meta.values()),
+        "segment": seg_meta or None,
         "eval_k": args.eval_k,
         "eval_l2": l2,
     }
@@ -415,7 +423,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  results     {json_path}  (per-seed values, means and standard deviations)")
     print(f"  timings     {os.path.join(out, 'timings.json')}  (total {timings['total_s']:.0f} s)")
     print(f"  runs        {os.path.join(out, 'runs')}/<configuration>/seed<S>/  (checkpoint, log, loss plot, backbone)")
-    print(f"  evaluation  {os.path.join(out, 'eval')}/<task>/seed<S>/  (confusion matrices, results JSON)")
+    print(f"  evaluation  {os.path.join(out, 'eval')}/<task>/seed<S>/  (confusion matrices, results JSON"
+          + ("; segment/seed<S>/<configuration>/: overlay.png, results.json)" if demo else ")"))  # fmt: skip
     return 0
 
 
@@ -433,10 +442,13 @@ def _labels_for(v: Variant, base, demo: bool, task_folder: str, seed: int) -> li
     raise UsageError(f"configuration {v.name!r} (--loss {v.loss}) is supervised: pass --labels NAME=CSV")
 
 
-def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: dict, weights: str, label: str, **kw):
-    """Linear probe and kNN of ``weights`` on every task; returns the flat metrics (``task/metric``) and notes the
-    tasks' train/test sizes in ``tasks_meta``."""
+def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: dict, weights: str, label: str,
+                    seg=None, seg_meta=None, **kw):  # fmt: skip
+    """Linear probe and kNN of ``weights`` on every task, and with ``seg`` (the demo's segmentation pairs) the mean
+    Dice of U-Net fine-tuning; returns the flat metrics (``task/metric``) and notes the tasks' train/test sizes in
+    ``tasks_meta`` and ``seg_meta``."""
     from ..eval.cli import evaluate
+    from ..eval.segment import demo_segmentation
 
     metrics = {}
     for name, _, data in tasks:
@@ -445,7 +457,29 @@ def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: di
         metrics.update(_task_metrics(name, summary))
         lp = summary["results"]["linear-probe"]
         tasks_meta[name].update(n_train=lp["n_train"], n_test=lp["n_test"])
+    if seg is not None:
+        out = os.path.join(folder, "segment", f"seed{seed}", label)
+        model = {key: kw.get(key) for key in ("arch", "width", "in_chans")}  # the random-init row names its model
+        summary = demo_segmentation(weights, out, seed, data=seg, random_baseline=False, device=eval_kw["device"],
+                                    **model)  # fmt: skip
+        (run,) = summary["runs"].values()
+        if run.get("mean_dice") is not None:
+            metrics["segment/mean_dice"] = run["mean_dice"]
+        seg_meta.update(n_train=summary["n_train_images"], n_test=summary["n_test_images"], classes=summary["classes"],
+                        image_size=summary["image_size"], epochs=summary["settings"]["epochs"])  # fmt: skip
     return metrics
+
+
+def _demo_segmentation_data(folder: str, base):
+    """The demo's segmentation task (``data.demo.mni152_segmentation_task``) built in ``folder`` and loaded."""
+    from ..data.demo import SEGMENTATION_CLASSES, mni152_segmentation_task
+    from ..eval.segment import load_pairs
+
+    return load_pairs(mni152_segmentation_task(folder), base.preprocessing, list(SEGMENTATION_CLASSES))
+
+
+def _seg_text(metrics: dict) -> str:
+    return f", segmentation mean Dice {metrics['segment/mean_dice']:.3f}" if "segment/mean_dice" in metrics else ""
 
 
 def _task_name(path: str, index: int) -> str:
@@ -476,8 +510,9 @@ def _cell(row: dict, key: str, digits: int = 3) -> str:
 
 def markdown_table(rows: list[dict], settings: dict) -> str:
     """The ablation as Markdown: a settings paragraph and one row per configuration with, for each evaluation
-    task, the linear-probe and kNN balanced accuracies (mean ± std over the seeds), the final training loss and
-    the noise-free matching accuracies (no timings, so that a rerun gives the same bytes)."""
+    task, the linear-probe and kNN balanced accuracies (mean ± std over the seeds), the demo segmentation's mean
+    Dice when it ran, the final training loss and the noise-free matching accuracies (no timings, so that a rerun
+    gives the same bytes)."""
     width = "" if settings["width"] is None else f" (width {settings['width']})"
     seeds = settings["seeds"]
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (mean ± std)"
@@ -498,17 +533,26 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
             f"- `{t['name']}`: {t['about']} ({len(t['classes'])} classes: {', '.join(t['classes'])}; "
             f"{t.get('n_train', '?')} train / {t.get('n_test', '?')} test images)"
         )
+    seg = settings.get("segment")
+    if seg:
+        lines.append(
+            f"- `segment`: U-Net fine-tuning (all weights trained, {seg['epochs']} epochs at {seg['image_size']} px; "
+            f"{len(seg['classes'])} classes: {', '.join(seg['classes'])}; {seg['n_train']} train / {seg['n_test']} "
+            "test axial slices of the MNI152 template from held-out slabs): mean Dice over the foreground classes"
+        )
     names = [t["name"] for t in settings["tasks"]]
     header = ["configuration", "loss", "head options", "what it tests", "final loss¹", "match acc.²",
               "backbone match acc.²"]  # fmt: skip
     for n in names:
         header += [f"{n}: linear probe", f"{n}: kNN"]
+    header += ["seg Dice"] if seg else []
     lines += ["", "| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * (len(header) - 4)]
     for r in rows:
         cells = [r["configuration"], r["loss"], r["options"], r["about"], _cell(r, "final_loss", 4),
                  _cell(r, "match_acc"), _cell(r, "backbone_match_acc")]  # fmt: skip
         for n in names:
             cells += [_cell(r, f"{n}/linear_probe_bal_acc"), _cell(r, f"{n}/knn_bal_acc")]
+        cells += [_cell(r, "segment/mean_dice")] if seg else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

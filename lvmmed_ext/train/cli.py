@@ -194,7 +194,8 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--cache-mb", type=int, default=S, help="decoded-image cache per loader process, MiB (1024)")
     g.add_argument("--workers", type=int, default=S, help="data-loader processes (default: min(4, cores - 1))")
     m = p.add_argument_group("model and loss")
-    m.add_argument("--arch", choices=sorted(BACKBONES), default=S, help="backbone (resnet50)")
+    m.add_argument("--arch", choices=sorted(BACKBONES) + ["unet3d"], default=S,
+                   help="backbone (resnet50); unet3d = the 3D U-Net encoder for --loss genesis on volumes")  # fmt: skip
     m.add_argument("--width", type=int, default=S, help="ResNet base width (64 = torchvision)")
     if not ablate:
         m.add_argument("--loss", default=S, help=f"loss head: {', '.join(head_names())} (gm); ark is supervised "
@@ -222,6 +223,9 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
     if not ablate:
         p.add_argument_group("loss-head options (--head-opt KEY=VALUE; default after '=')", _head_options_text())
     v = p.add_argument_group("views")
+    v.add_argument("--crop3d", type=int, nargs=3, metavar=("D", "H", "W"), default=S,
+                   help="with --arch unet3d: sub-volume size in voxels, slices first (32 64 64: Models Genesis' "
+                   "64x64x32 cubes)")  # fmt: skip
     v.add_argument("--image-size", type=int, default=S, help="global view side in pixels (224)")
     v.add_argument("--crop-scale", type=float, nargs=2, default=S, help="global crop area range (0.4 1.0)")
     v.add_argument("--jitter", type=float, default=S, help="brightness and contrast jitter strength (0.4)")
@@ -355,7 +359,7 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
         prep = Preprocessing(**prep_kwargs)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    for key in ("crop_scale", "local_scale", "window", "percentiles"):
+    for key in ("crop_scale", "local_scale", "window", "percentiles", "crop3d"):
         if key in merged and merged[key] is not None:
             merged[key] = tuple(merged[key])
     merged.pop("global_batch", None)
@@ -428,7 +432,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     eval_lines = []
     if demo and not args.no_eval:
-        eval_lines = _demo_eval(cfg, result)
+        from .trainer import VOLUME_ARCHS
+
+        if cfg.arch in VOLUME_ARCHS:
+            print(f"notice: the demo evaluation probes 2D backbones; skipped for --arch {cfg.arch}")
+        else:
+            eval_lines = _demo_eval(cfg, result)
     print("outputs:")
     print(f"  checkpoint  {result.checkpoint}")
     print(f"  backbone    {result.weights}  (+ {os.path.basename(result.weights_json or '')}: preprocessing)")
@@ -490,10 +499,12 @@ def demo_label_specs(folder: str, seed: int) -> list[str]:
 
 def _demo_eval(cfg, result) -> list[str]:
     """Linear probe and kNN of the pretrained backbone vs the same architecture at random init on the demo's
-    tasks; prints a comparison table and returns lines for the output summary."""
+    tasks, then U-Net fine-tuning from both on the demo's segmentation task; prints comparison tables and returns
+    lines for the output summary."""
     import torch
 
     from ..eval.cli import evaluate
+    from ..eval.segment import demo_segmentation, describe, format_table
 
     t0 = time.perf_counter()
     folder = os.path.join(result.out, "eval")
@@ -517,7 +528,13 @@ def _demo_eval(cfg, result) -> list[str]:
                 r = summary["results"][m]
                 print(f"  {who:<12} {m:<13} {r['accuracy']:>9.3f} {r['balanced_accuracy']:>9.3f}")
         lines.append(f"  eval {name:<7}{task_dir}/  (labels.csv, confusion_*.png, results_*.json)")
-    if tasks:
+    seg_dir = os.path.join(folder, "segment")
+    seg = demo_segmentation(result.weights, seg_dir, cfg.seed, device=device)
+    if seg:
+        print(f"{describe(seg)}; pretrained vs random-init encoder, Dice on held-out axial slabs")
+        print(format_table(seg))
+        lines.append(f"  eval segment {seg_dir}/  (data/pairs.csv, overlay.png, results.json)")
+    if tasks or seg:
         print(f"evaluated in {time.perf_counter() - t0:.0f} s")
     return lines
 

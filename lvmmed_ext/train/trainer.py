@@ -28,6 +28,7 @@ from ..data.io import scan
 from ..data.labelsets import LabelSet, load_label_sets
 from ..data.presets import Preprocessing
 from ..data.views import MultiViewConfig, ViewConfig
+from ..data.volumes import VolumeCrops, volume_sources
 from ..diagnostics import StepStats, cosine_matching
 from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from ..errors import UsageError
@@ -37,11 +38,14 @@ from ..models import backbone_state_dict, build_backbone, load_pretrained
 from . import checkpoint as ckpt_io
 from .progress import CsvLog, ProgressBar, TensorBoardLog, plot_loss
 
+# Encoders of volumes (3D pretraining: the restoration heads only).
+VOLUME_ARCHS = ("unet3d",)
+
 # Changing any of these between a checkpoint and its resumption would silently change the run.
 STRUCTURAL = (
     "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "jitter", "local_crops", "local_size",
     "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
-    "preprocessing", "labels",
+    "preprocessing", "labels", "crop3d",
 )  # fmt: skip
 
 
@@ -87,12 +91,14 @@ class TrainConfig:
     cache_mb: int = 1024
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     labels: list[str] = field(default_factory=list)
+    crop3d: tuple[int, int, int] = (32, 64, 64)
     global_batch: int = 0  # filled in: batch_size * world * accum
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_json()
         d["crop_scale"], d["local_scale"] = list(self.crop_scale), list(self.local_scale)
+        d["crop3d"] = list(self.crop3d)
         return d
 
     @classmethod
@@ -100,7 +106,7 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["labels"] = list(d.get("labels") or [])
         d["preprocessing"] = Preprocessing.from_json(d.get("preprocessing", {}))
-        for key in ("crop_scale", "local_scale"):
+        for key in ("crop_scale", "local_scale", "crop3d"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -122,6 +128,10 @@ class TrainConfig:
             (0 <= self.jitter < 1, f"--jitter must be in [0, 1), got {self.jitter}"),
             (self.ckpt_every >= 1, f"--ckpt-every must be >= 1, got {self.ckpt_every}"),
             (self.amp in ("auto", "bf16", "off"), f"--amp must be auto, bf16 or off, got {self.amp!r}"),
+            (
+                len(self.crop3d) == 3 and min(self.crop3d) >= 1,
+                f"--crop3d must be three sizes D H W >= 1, got {list(self.crop3d)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -190,6 +200,14 @@ class SSLModel(nn.Module):
         return h, y
 
     def forward(self, views: list[Tensor], pos: list[Tensor], labels: LabelBatch | None = None) -> Tensor:
+        if getattr(self.head, "needs_encoder", False):  # restoration: views = [corrupted input, original]
+            ctx = (
+                torch.autocast(device_type=views[0].device.type, dtype=self.amp_dtype)
+                if self.amp_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                return self.head(self.backbone, views[0], views[1]).float()
         h, y = self._encode_all(views)
         th = ty = None
         if self.teacher is not None:
@@ -265,6 +283,17 @@ def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
             flush=True,
         )
     return ImageSet(result.sources, prep, cache_bytes=cfg.cache_mb << 20), len(result.skipped)
+
+
+def encoder_stages(backbone: nn.Module, in_chans: int) -> dict:
+    """What a decoder head needs to know of the backbone: its stage strides and channels, spatial dims and input
+    channels."""
+    return {
+        "strides": list(backbone.stage_strides),
+        "channels": list(backbone.stage_channels),
+        "dims": int(getattr(backbone, "spatial_dims", 2)),
+        "in_chans": int(in_chans),
+    }
 
 
 def _label_sets(cfg: TrainConfig, log=print) -> list[LabelSet]:
@@ -351,7 +380,23 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     label_sets = _label_sets(cfg, log)
     images, skipped_at_scan = build_images(cfg, log=log) if cfg.data or not label_sets else (None, 0)
     skipped_at_scan += sum(len(ls.skipped) for ls in label_sets)
-    n_images = (len(images) if images is not None else 0) + sum(len(ls.images) for ls in label_sets)
+    three_d = cfg.arch in VOLUME_ARCHS
+    if three_d and not head_needs(cfg.loss, "encoder"):
+        raise UsageError(f"--arch {cfg.arch} is the 3D encoder of --loss genesis (restoration), not --loss {cfg.loss}")
+    volumes: list = []
+    if three_d:
+        if label_sets:
+            raise UsageError(f"--labels does not apply to --arch {cfg.arch}")
+        volumes, too_shallow = volume_sources(images.sources, cfg.crop3d)
+        log(
+            f"volumes: {len(volumes)} with at least {cfg.crop3d[0]} slices for {'x'.join(map(str, cfg.crop3d))} "
+            f"crops" + (f" ({too_shallow} shallower left out)" if too_shallow else "")
+        )
+    n_images = (
+        len(volumes)
+        if three_d
+        else (len(images) if images is not None else 0) + sum(len(ls.images) for ls in label_sets)
+    )
     steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * n_images / cfg.global_batch))
     cfg.steps = steps
     if saved is not None:
@@ -364,14 +409,22 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         )
 
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.arch, in_chans=cfg.preprocessing.in_chans, width=cfg.width)
+    if three_d:
+        from ..models.unet import build_encoder
+
+        backbone = build_encoder(cfg.arch, in_chans=cfg.preprocessing.in_chans, width=cfg.width)
+    else:
+        backbone = build_backbone(cfg.arch, in_chans=cfg.preprocessing.in_chans, width=cfg.width)
     if cfg.init and saved is None:
         load_pretrained(backbone, cfg.init, verbose=dist_info.is_main)
-    tasks = {"tasks": [ls.spec() for ls in label_sets]} if label_sets else {}
-    head = build_head(cfg.loss, backbone.out_dim, **tasks, **cfg.head_opts)
+    extra: dict = {"tasks": [ls.spec() for ls in label_sets]} if label_sets else {}
+    if head_needs(cfg.loss, "encoder"):  # a decoder over the backbone's stages (restoration heads)
+        extra["stages"] = encoder_stages(backbone, cfg.preprocessing.in_chans)
+    head = build_head(cfg.loss, backbone.out_dim, **extra, **cfg.head_opts)
+    pair = getattr(head, "pair_config", None)
     try:
-        grid = backbone.feature_grid(cfg.image_size)
-        local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops else None
+        grid = backbone.feature_grid(cfg.image_size) if not three_d else (1, 1)
+        local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops and not three_d else None
     except ValueError as e:
         raise UsageError(f"--image-size/--local-size do not fit {cfg.arch}: {e}") from None
     min_grid = int(getattr(head, "min_grid", 1))
@@ -382,7 +435,9 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 f"gives {g[0]}x{g[1]} with {cfg.arch} (stride {getattr(backbone, 'stride', '?')})"
             )
     views = MultiViewConfig(
-        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid),
+        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid)
+        if pair is None
+        else ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, flip_p=0.0, jitter_p=0.0, blur_p=0.0, grid=grid),
         2,
         ViewConfig(
             size=cfg.local_size,
@@ -451,8 +506,13 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         task_ids = list(range(len(label_sets))) + ([-1] if images is not None else [])
         dataset = TaskStream(sets, targets, task_ids, views, seed=cfg.seed)
         sampler, collate = CyclingBatchSampler(*span, groups=len(sets)), collate_task_views
+    elif three_d:
+        dataset = VolumeCrops(
+            volumes, cfg.preprocessing, cfg.crop3d, pair, seed=cfg.seed, cache_bytes=cfg.cache_mb << 20
+        )
+        sampler, collate = StreamBatchSampler(*span), collate_views
     else:
-        dataset = PretrainDataset(images, views, seed=cfg.seed)
+        dataset = PretrainDataset(images, views, seed=cfg.seed, pair=pair)
         sampler, collate = StreamBatchSampler(*span), collate_views
     loader = DataLoader(
         dataset,
@@ -469,7 +529,13 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     n_params = sum(p.numel() for p in backbone.parameters())
     log(
         f"model: {cfg.arch}{'' if cfg.width is None else f' (width {cfg.width})'} {n_params / 1e6:.1f}M parameters, "
-        f"{cfg.preprocessing.in_chans}-channel input {cfg.image_size}px (feature grid {grid[0]}x{grid[1]}), "
+        f"{cfg.preprocessing.in_chans}-channel input "
+        + (
+            f"{'x'.join(map(str, cfg.crop3d))} voxel crops"
+            if three_d
+            else f"{cfg.image_size}px (feature grid {grid[0]}x{grid[1]})"
+        )
+        + ", "
         f"loss {cfg.loss}; device {device}{' bf16' if amp_dtype else ''}, {dist_info.world} process(es), "
         f"{workers} loader worker(s)"
     )

@@ -1,0 +1,76 @@
+"""Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021) as a loss head, written from the paper: the data loader
+corrupts each crop with the Genesis transformations (:mod:`lvmmed_ext.data.genesis`: Bezier intensity mapping,
+local pixel shuffling, in-/out-painting, flips) and the encoder + a U-Net decoder learn to restore the original
+(MSE). 2D on the ResNet/ViT backbones, 3D with ``--arch unet3d`` on sub-volumes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.genesis import GenesisConfig
+from ..errors import UsageError
+from .base import Head, register_head
+
+
+@register_head("genesis")
+class GenesisHead(Head):
+    """Restoration: ``loss = mean((decoder(encoder.stages(x_corrupted)) - x_original)**2)`` over pixels (voxels)
+    and channels, in the network's normalised intensity units.
+
+    The head owns only the decoder (a :class:`lvmmed_ext.models.unet.UNet` decoder built for the encoder's stage
+    strides and channels, passed by the trainer as ``stages``); the encoder is the trainer's backbone, so its
+    weights export like every other run. The transformation probabilities are head options and travel to the data
+    loader as ``pair_config`` (a :class:`~lvmmed_ext.data.genesis.GenesisConfig`).
+
+    Args:
+        in_dim: the backbone's feature width (unused: the decoder reads every stage).
+        stages: ``{"strides": [...], "channels": [...], "dims": 2 | 3}`` of the encoder (filled by the trainer).
+        decoder_channels: the decoder's widths, deepest first (default: ``UNet``'s).
+        flip_p, nonlinear_p, shuffle_p, paint_p, outpaint_share: the transformations' probabilities (the paper's
+            0.4, 0.9, 0.5, 0.9 and 0.8 of painting as out-painting).
+    """
+
+    needs_encoder = True
+    symmetric = True
+
+    def __init__(
+        self,
+        in_dim: int,
+        stages: dict | None = None,
+        decoder_channels: list[int] | None = None,
+        flip_p: float = 0.4,
+        nonlinear_p: float = 0.9,
+        shuffle_p: float = 0.5,
+        paint_p: float = 0.9,
+        outpaint_share: float = 0.8,
+    ):
+        super().__init__()
+        from ..models.unet import UNet
+
+        if not stages:
+            raise UsageError("genesis needs the encoder's stages (the trainer passes them; build it with stages=...)")
+        try:
+            self.pair_config = GenesisConfig(
+                flip_p=flip_p, nonlinear_p=nonlinear_p, shuffle_p=shuffle_p, paint_p=paint_p,
+                outpaint_share=outpaint_share,
+            )  # fmt: skip
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        shape = SimpleNamespace(
+            stage_strides=tuple(stages["strides"]),
+            stage_channels=list(stages["channels"]),
+            spatial_dims=int(stages.get("dims", 2)),
+        )
+        self.in_chans = int(stages.get("in_chans", 1))
+        self.decoder = UNet(shape, out_channels=self.in_chans, decoder_channels=decoder_channels)
+
+    def restore(self, encoder, x: Tensor) -> Tensor:
+        """The restored image ``[B, C, *S]`` of a corrupted batch ``x`` through ``encoder`` and the decoder."""
+        return self.decoder.decode(encoder.stages(x), x.shape[2:])
+
+    def forward(self, encoder, x_in: Tensor, x_target: Tensor) -> Tensor:
+        out = self.restore(encoder, x_in)
+        return F.mse_loss(out.float(), x_target.float())
