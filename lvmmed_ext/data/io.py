@@ -43,6 +43,9 @@ class ScanResult:
     sources: list[Source]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): unreadable headers
     ignored: int = 0  # files of other types (text, json, ...)
+    reused: int = 0  # headers taken from the folder's manifest (see lvmmed_ext.data.manifest)
+    read: int = 0  # headers read
+    manifest: str | None = None  # the manifest written, when one was used
 
     @property
     def count(self) -> int:
@@ -138,12 +141,16 @@ def _tiff_count(shape: tuple[int, ...]) -> int:
     return int(np.prod(lead, dtype=np.int64)) if lead else 1
 
 
-def scan(paths: str | os.PathLike | list, axis: int = 2, what: str = "--data") -> ScanResult:
+def scan(
+    paths: str | os.PathLike | list, axis: int = 2, what: str = "--data", manifest: bool = False, workers: int = 0
+) -> ScanResult:
     """Find the images under a folder (recursively; hidden files skipped), or check an explicit file list.
 
     Reads headers only. Files whose header cannot be read are returned in ``skipped`` with the reason;
     files of other types are counted in ``ignored``. Raises ``UsageError`` for a missing or empty folder and
-    for a folder without any image, naming the folder and what was found.
+    for a folder without any image, naming the folder and what was found. With ``manifest`` a folder is scanned
+    through its manifest (headers of unchanged files reused, see :func:`lvmmed_ext.data.manifest.scan_folder`),
+    reading headers in ``workers`` processes.
 
     Example:
         >>> from lvmmed_ext.data.io import scan
@@ -158,6 +165,10 @@ def scan(paths: str | os.PathLike | list, axis: int = 2, what: str = "--data") -
             raise UsageError(f"{what} {root} does not exist")
         if os.path.isfile(root):
             files = [root]
+        elif manifest:
+            from .manifest import scan_folder
+
+            return scan_folder(root, axis, what, workers=workers)
         else:
             files = []
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
