@@ -103,6 +103,11 @@ class PretrainDataset(Dataset):
         return int(perm[offset])
 
     def __getitem__(self, position: int) -> dict:
+        return self.sample(position)
+
+    def sample(self, position: int, transform=None) -> dict:
+        """The sample at ``position``; ``transform(img, scale) -> (img, scale)`` (optional) changes the decoded
+        image before the views are cut (the mixture's duplicate crops)."""
         rng = np.random.default_rng([self.seed, 1, int(position)])
         index, bad, last = self.index_at(position), [], ""
         for _ in range(MAX_READ_TRIES):
@@ -118,6 +123,8 @@ class PretrainDataset(Dataset):
             index = int(rng.integers(len(self.images)))
         else:
             raise UsageError(f"no readable image after {MAX_READ_TRIES} tries (last failure: {last})")
+        if transform is not None:
+            img, scale = transform(img, scale)
         prep, views, pos = self.images.prep, [], []
         if self.pair is not None:
             view, p = make_view(img, rng, self.views.global_view, scale)

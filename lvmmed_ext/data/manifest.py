@@ -102,20 +102,27 @@ def load(path: str, root: str) -> tuple[dict[str, Entry], int] | None:
         return None
 
 
+def stored(entries: dict[str, Entry], now_ns: int) -> dict[str, Entry]:
+    """The entries as the manifest keeps them: a file modified within ``RACY_NS`` of ``now_ns`` gets size -1 (read
+    again by the next scan); paths with a tab or newline are left out (read at every scan)."""
+    return {
+        rel: e if e.mtime_ns < now_ns - RACY_NS else e._replace(size=-1)
+        for rel, e in entries.items()
+        if "\t" not in rel and "\n" not in rel
+    }
+
+
 def save(path: str, root: str, axis: int, entries: dict[str, Entry]) -> bool:
-    """Write the manifest atomically; returns False (and writes nothing) when the location is not writable."""
-    now = time.time_ns()
+    """Write ``entries`` (as :func:`stored` returns them) atomically; returns False (and writes nothing) when the
+    location is not writable."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps({"format": FORMAT, "version": VERSION, "axis": axis, "root": root}) + "\n")
             for rel, e in entries.items():
-                if "\t" in rel or "\n" in rel:  # not representable: such a file is read again next time
-                    continue
-                size = e.size if e.mtime_ns < now - RACY_NS else -1  # racy: force a re-read next time
                 reason = " ".join(e.reason.split())
-                f.write(f"{rel}\t{e.kind}\t{e.count}\t{e.modality}\t{size}\t{e.mtime_ns}\t{reason}\n")
+                f.write(f"{rel}\t{e.kind}\t{e.count}\t{e.modality}\t{e.size}\t{e.mtime_ns}\t{reason}\n")
         os.replace(tmp, path)
         return True
     except OSError:
@@ -242,7 +249,7 @@ def scan_folder(
             entries[rel] = e
     fresh = read_headers([os.path.join(root, rel) for rel, _, _ in stale], axis, workers, progress)
     for (rel, size, mtime), (kind, count, modality, reason) in zip(stale, fresh):
-        entries[rel] = Entry(kind, count, modality, size, mtime, reason)
+        entries[rel] = Entry(kind, count, modality, size, mtime, " ".join(reason.split()))
     result = ScanResult([], reused=len(listing) - len(stale), read=len(stale))
     prefix = os.path.join(root, "")
     for rel, _, _ in listing:
@@ -264,8 +271,8 @@ def scan_folder(
             f"no readable images in {what} {root}: {len(listing)} file(s), {result.ignored} of other types, "
             f"{detail}; supported: {SUPPORTED}"
         )
-    changed = stale or len(known) != len(entries) or known_axis != axis
-    result.manifest = path if not changed or save(path, root, axis, entries) else None
+    keep = stored(entries, time.time_ns())
+    result.manifest = path if (keep == known and known_axis == axis) or save(path, root, axis, keep) else None
     return result
 
 

@@ -153,7 +153,22 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
             "it; its 'out' is ignored (pass --out), so a run's config.json repeats that run in a new folder",
         )
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=S, help="folder (searched recursively) or a single file")
+    g.add_argument(
+        "--data",
+        action="append",
+        default=S,
+        metavar="DIR | NAME=DIR[:WEIGHT]",
+        help="folder (searched recursively; its header index is kept in DIR/.lvmmed-manifest.tsv, see lvmmed scan) "
+        "or a single file; repeat as NAME=DIR[:WEIGHT] to mix datasets, sampled in proportion to WEIGHT (all or "
+        "none given; none: by image count)",
+    )
+    g.add_argument(
+        "--balance",
+        choices=("none", "dataset", "modality"),
+        default=S,
+        help="with several --data: over-sample minority groups to equal shares per dataset or per modality (DICOM "
+        "Modality, else file type); the extra draws are 85-95%% area crops resized back (none)",
+    )
     g.add_argument(
         "--labels",
         action="append",
@@ -262,7 +277,7 @@ def parser(ablate: bool = False) -> argparse.ArgumentParser:
 
 # Settings of a --config file that are not read: where the run goes (always --out or the default) and what is
 # derived from the other settings.
-_CONFIG_IGNORED = ("out", "global_batch")
+_CONFIG_IGNORED = ("out", "global_batch", "mixture")
 
 
 def load_config_file(path: str) -> dict:
@@ -331,6 +346,8 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
 
     fields = set(TrainConfig.__dataclass_fields__) | set(_PREP_KEYS)
     given = {k: v for k, v in vars(args).items() if k in fields}
+    if "data" in given:  # every --data given replaces the data of the checkpoint / config file
+        given.update(data_settings(given["data"]))
     flag_opts = gm_flag_options(args)
     head_opt = dict(getattr(args, "head_opt", []))
     for key, value in flag_opts.items():
@@ -366,9 +383,30 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
     for key in ("data", "out", "init"):  # absolute, so a resumed run compares and finds the same paths
         if merged.get(key) and merged[key] != "demo":
             merged[key] = os.path.abspath(merged[key])
+    if merged.get("datasets"):
+        merged["datasets"] = [_absolute_data_spec(spec) for spec in merged["datasets"]]
     if merged.get("labels"):
         merged["labels"] = [_absolute_label_spec(spec) for spec in merged["labels"]]
     return TrainConfig(preprocessing=prep, **merged)
+
+
+def data_settings(values: list[str] | str) -> dict:
+    """``--data`` values -> ``{"data": DIR, "datasets": []}`` for one plain folder (the single-dataset run, as
+    before), else ``{"data": "", "datasets": [NAME=DIR[:WEIGHT], ...]}``."""
+    from ..data.mixture import parse_data_spec
+
+    values = [values] if isinstance(values, str) else list(values)
+    specs = [parse_data_spec(v) for v in values]
+    if len(specs) == 1 and specs[0].path == values[0]:  # a plain path, not NAME=DIR
+        return {"data": values[0], "datasets": []}
+    return {"data": "", "datasets": [s.text() for s in specs]}
+
+
+def _absolute_data_spec(spec: str) -> str:
+    from ..data.mixture import DataSpec, parse_data_spec
+
+    d = parse_data_spec(spec)
+    return DataSpec(d.name, os.path.abspath(d.path), d.weight).text()
 
 
 def _absolute_label_spec(spec: str) -> str:

@@ -24,13 +24,15 @@ from ..data.datasets import (
     collate_views,
     seed_worker,
 )
-from ..data.io import scan
+from ..data.io import ScanResult, scan
 from ..data.labelsets import LabelSet, load_label_sets
+from ..data.mixture import BALANCE, MixtureStream, check_specs, group_probabilities, parse_data_spec, split_groups
 from ..data.presets import Preprocessing
 from ..data.views import MultiViewConfig, ViewConfig
 from ..data.volumes import VolumeCrops, volume_sources
 from ..diagnostics import StepStats, cosine_matching
-from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
+from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env, world_size
+from ..distributed import rank as dist_rank
 from ..errors import UsageError
 from ..heads import LabelBatch, TeacherFeatures, build_head, head_needs
 from ..heads.ema import cosine_momentum, ema_update_, make_teacher
@@ -45,7 +47,7 @@ VOLUME_ARCHS = ("unet3d",)
 STRUCTURAL = (
     "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "jitter", "local_crops", "local_size",
     "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
-    "preprocessing", "labels", "crop3d",
+    "preprocessing", "labels", "crop3d", "datasets", "balance",
 )  # fmt: skip
 
 
@@ -53,7 +55,9 @@ STRUCTURAL = (
 class TrainConfig:
     """Every setting of a pretraining run (the ``lvmmed pretrain`` options; saved in the checkpoint).
 
-    ``data`` is a folder or file path, or ``"demo"`` for the offline demo images. ``labels`` lists ``NAME=CSV``
+    ``data`` is a folder or file path, or ``"demo"`` for the offline demo images. ``datasets`` lists several named
+    folders ``NAME=DIR[:WEIGHT]`` mixed by weight (see :mod:`lvmmed_ext.data.mixture`; ``data`` is then empty), with
+    ``balance`` (none, dataset, modality) over-sampling minority groups. ``labels`` lists ``NAME=CSV``
     labelled datasets for supervised heads (``ark``; see :mod:`lvmmed_ext.data.labelsets`), optionally mixed with
     unlabelled ``data``. ``batch_size`` is per process
     and micro-step; the global batch is ``batch_size * world * accum``. ``steps`` counts optimizer steps; when
@@ -92,6 +96,8 @@ class TrainConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     labels: list[str] = field(default_factory=list)
     crop3d: tuple[int, int, int] = (32, 64, 64)
+    datasets: list[str] = field(default_factory=list)
+    balance: str = "none"
     global_batch: int = 0  # filled in: batch_size * world * accum
 
     def to_json(self) -> dict:
@@ -105,6 +111,7 @@ class TrainConfig:
     def from_json(cls, d: dict) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["labels"] = list(d.get("labels") or [])
+        d["datasets"] = list(d.get("datasets") or [])
         d["preprocessing"] = Preprocessing.from_json(d.get("preprocessing", {}))
         for key in ("crop_scale", "local_scale", "crop3d"):
             if key in d:
@@ -128,6 +135,7 @@ class TrainConfig:
             (0 <= self.jitter < 1, f"--jitter must be in [0, 1), got {self.jitter}"),
             (self.ckpt_every >= 1, f"--ckpt-every must be >= 1, got {self.ckpt_every}"),
             (self.amp in ("auto", "bf16", "off"), f"--amp must be auto, bf16 or off, got {self.amp!r}"),
+            (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}"),
             (
                 len(self.crop3d) == 3 and min(self.crop3d) >= 1,
                 f"--crop3d must be three sizes D H W >= 1, got {list(self.crop3d)}",
@@ -255,26 +263,36 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     return dev
 
 
+def is_main_rank() -> bool:
+    return dist_rank() == 0
+
+
 def _print(dist_info: DistInfo, *args) -> None:
     if dist_info.is_main:
         print(*args, flush=True)
 
 
-def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
-    """The 2D images of ``cfg.data`` (a folder/file, or ``"demo"``) and the number of files skipped at scan."""
-    prep = cfg.preprocessing
-    if cfg.data == "demo":
-        from ..data.demo import pretrain_images
+def scan_data(path: str, axis: int, what: str = "--data") -> ScanResult:
+    """``scan`` of one ``--data`` path through the folder's manifest. Under DDP rank 0 scans (reading new headers in
+    parallel processes) and writes the manifest first; the other ranks then read it instead of every header."""
+    workers = min(8, os.cpu_count() or 1)
+    if not is_main_rank():
+        barrier()
+        return scan(path, axis=axis, what=what, manifest=True, workers=workers)
+    try:
+        return scan(path, axis=axis, what=what, manifest=True, workers=workers)
+    finally:
+        if world_size() > 1:
+            barrier()
 
-        return pretrain_images(prep, cache_bytes=cfg.cache_mb << 20, log=log), 0
-    if not cfg.data:
-        raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
-    result = scan(cfg.data, axis=prep.axis)
+
+def _log_scan(result: ScanResult, where: str, log) -> None:
     kinds: dict[str, int] = {}
     for s in result.sources:
         kinds[s.kind] = kinds.get(s.kind, 0) + s.count
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    log(f"data: {result.count} images from {len(result.sources)} files in {cfg.data} ({summary})")
+    reuse = f"; {result.reused} headers from the manifest, {result.read} read" if result.manifest else ""
+    log(f"data: {result.count} images from {len(result.sources)} files in {where} ({summary}){reuse}")
     if result.skipped:
         print(
             f"warning: skipped {len(result.skipped)} unreadable file(s), e.g. {result.skipped[0][0]}: "
@@ -282,7 +300,81 @@ def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
             file=sys.stderr,
             flush=True,
         )
+
+
+def build_images(cfg: TrainConfig, log=print) -> tuple[ImageSet, int]:
+    """The 2D images of ``cfg.data`` (a folder/file, or ``"demo"``; the ``cfg.datasets`` folders one after the
+    other) and the number of files skipped at scan."""
+    prep = cfg.preprocessing
+    if cfg.data == "demo":
+        from ..data.demo import pretrain_images
+
+        return pretrain_images(prep, cache_bytes=cfg.cache_mb << 20, log=log), 0
+    if cfg.datasets:
+        sets, skipped = build_datasets(cfg, log)
+        sources = [src for images in sets for src in images.sources]
+        return ImageSet(sources, prep, cache_bytes=cfg.cache_mb << 20), skipped
+    if not cfg.data:
+        raise UsageError("no data: pass --data DIR (a folder of images) or --demo")
+    result = scan_data(cfg.data, prep.axis)
+    _log_scan(result, cfg.data, log)
     return ImageSet(result.sources, prep, cache_bytes=cfg.cache_mb << 20), len(result.skipped)
+
+
+def build_datasets(cfg: TrainConfig, log=print) -> tuple[list[ImageSet], int]:
+    """One ``ImageSet`` per ``cfg.datasets`` entry (checked: unique names, weights for all or none) and the number
+    of files skipped at scan."""
+    specs = [parse_data_spec(t) for t in cfg.datasets]
+    check_specs(specs, cfg.balance)
+    sets, skipped = [], 0
+    for spec in specs:
+        result = scan_data(spec.path, cfg.preprocessing.axis, what=f"--data {spec.name}=")
+        _log_scan(result, f"{spec.name}={spec.path}", log)
+        sets.append(ImageSet(result.sources, cfg.preprocessing, cache_bytes=cfg.cache_mb << 20))
+        skipped += len(result.skipped)
+    return sets, skipped
+
+
+def build_mixture(cfg: TrainConfig, views: MultiViewConfig, sets: list[ImageSet], log=print):
+    """The ``MixtureStream`` of ``cfg.datasets`` over ``sets`` and its description for config.json: per dataset
+    its path, weight, images and sampling probability (per group with ``--balance modality``)."""
+    specs = [parse_data_spec(t) for t in cfg.datasets]
+    groups = split_groups([s.name for s in specs], sets, cfg.balance)
+    weights = [s.weight for s in specs] if specs[0].weight is not None else None
+    probs = group_probabilities(
+        [len(g.images) for g in groups], [g.dataset for g in groups], [g.modality for g in groups], weights, cfg.balance
+    )
+    stream = MixtureStream(groups, probs, views, seed=cfg.seed, duplicates=cfg.balance != "none")
+    described = []
+    for k, spec in enumerate(specs):
+        mine = [i for i, g in enumerate(groups) if g.dataset == k]
+        entry = {
+            "name": spec.name,
+            "path": spec.path,
+            "weight": spec.weight,
+            "images": len(sets[k]),
+            "probability": float(probs[mine].sum()),
+        }
+        if cfg.balance == "modality":
+            entry["modalities"] = {groups[i].modality: float(probs[i]) for i in mine}
+        described.append(entry)
+        dup = max(float(stream.dup_frac[i]) for i in mine)
+        log(
+            f"mixture: {spec.name} {len(sets[k])} images, {entry['probability']:.1%} of samples"
+            + (f" (weight {spec.weight:g})" if spec.weight is not None else "")
+            + (f", up to {dup:.0%} of its samples are 85-95% crop duplicates" if dup > 0 else "")
+        )
+    return stream, {"balance": cfg.balance, "datasets": described}
+
+
+def mixture_seen(stream: MixtureStream, mixture: dict, positions: int) -> dict[str, int]:
+    """Images each dataset supplied to stream positions ``0 .. positions - 1`` (exact: the stream is a function
+    of the seed and the position)."""
+    per_group = stream.seen(positions)
+    out = {d["name"]: 0 for d in mixture["datasets"]}
+    for g, n in zip(stream.groups, per_group):
+        out[mixture["datasets"][g.dataset]["name"]] += int(n)
+    return out
 
 
 def encoder_stages(backbone: nn.Module, in_chans: int) -> dict:
@@ -320,8 +412,10 @@ def _check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:
         theirs = saved.get(key)
         if key == "preprocessing" and isinstance(theirs, dict):
             theirs = Preprocessing.from_json(theirs).to_json()
-        if key == "labels" and theirs is None:  # checkpoints from before --labels
+        if key in ("labels", "datasets") and theirs is None:  # checkpoints from before --labels / named --data
             theirs = []
+        if key == "balance" and theirs is None:
+            theirs = "none"
         if mine != theirs:
             raise UsageError(f"checkpoint {path} was made with {key} = {theirs!r}, this run has {mine!r}")
 
@@ -378,7 +472,16 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
 
     saved = ckpt_io.load_checkpoint(resume) if resume else None
     label_sets = _label_sets(cfg, log)
-    images, skipped_at_scan = build_images(cfg, log=log) if cfg.data or not label_sets else (None, 0)
+    mixed = bool(cfg.datasets) and not label_sets and cfg.arch not in VOLUME_ARCHS
+    if mixed:
+        sets, skipped_at_scan = build_datasets(cfg, log)
+        images = None
+    else:
+        if cfg.datasets and (cfg.balance != "none" or parse_data_spec(cfg.datasets[0]).weight is not None):
+            raise UsageError("--data weights and --balance apply to self-supervised 2D pretraining, not with --labels "
+                             "or --arch unet3d (there the datasets are read one after the other)")  # fmt: skip
+        has_data = cfg.data or cfg.datasets
+        images, skipped_at_scan = build_images(cfg, log=log) if has_data or not label_sets else (None, 0)
     skipped_at_scan += sum(len(ls.skipped) for ls in label_sets)
     three_d = cfg.arch in VOLUME_ARCHS
     if three_d and not head_needs(cfg.loss, "encoder"):
@@ -395,6 +498,8 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     n_images = (
         len(volumes)
         if three_d
+        else sum(len(x) for x in sets)
+        if mixed
         else (len(images) if images is not None else 0) + sum(len(ls.images) for ls in label_sets)
     )
     steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * n_images / cfg.global_batch))
@@ -481,13 +586,24 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         if start >= steps:
             raise UsageError(f"checkpoint {resume} is already at step {start} of {steps}: nothing to resume")
 
+    if mixed and pair is not None:
+        raise UsageError(f"several --data datasets are not supported with --loss {cfg.loss} yet; pass one --data")
+    mixture_stream, mixture = build_mixture(cfg, views, sets, log) if mixed else (None, None)
     out = cfg.out
     ckpt_path = os.path.join(out, "checkpoint.pt")
+
+    def write_config(seen_at: int | None = None) -> None:
+        record = cfg.to_json()
+        if mixture is not None:
+            seen = mixture_seen(mixture_stream, mixture, seen_at or 0)
+            record["mixture"] = {**mixture, "seen": seen, "seen_at_step": seen_at // cfg.global_batch if seen_at else 0}
+        ckpt_io.save_json(record, os.path.join(out, "config.json"))
+
     if dist_info.is_main:
         if saved is None and os.path.exists(ckpt_path):
             raise UsageError(f"--out {out} already holds a run ({ckpt_path}); pass --resume {out} or another --out")
         os.makedirs(out, exist_ok=True)
-        ckpt_io.save_json(cfg.to_json(), os.path.join(out, "config.json"))
+        write_config(start * cfg.global_batch)
     barrier()
 
     ddp = dist_info.world > 1
@@ -511,6 +627,8 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             volumes, cfg.preprocessing, cfg.crop3d, pair, seed=cfg.seed, cache_bytes=cfg.cache_mb << 20
         )
         sampler, collate = StreamBatchSampler(*span), collate_views
+    elif mixed:
+        dataset, sampler, collate = mixture_stream, StreamBatchSampler(*span), collate_views
     else:
         dataset = PretrainDataset(images, views, seed=cfg.seed, pair=pair)
         sampler, collate = StreamBatchSampler(*span), collate_views
@@ -650,6 +768,11 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     bad_total = skipped_at_scan + all_reduce_sum_int(len(bad_paths), device)
     if dist_info.is_main:
         plot = plot_loss(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"))
+        if mixture is not None:
+            write_config(step * cfg.global_batch)
+            seen = mixture_seen(mixture_stream, mixture, step * cfg.global_batch)
+            total = max(1, sum(seen.values()))
+            log("data seen: " + ", ".join(f"{k} {n} ({n / total:.1%})" for k, n in seen.items()))
         if step == steps:
             weights, weights_json = ckpt_io.export_backbone(ckpt_path, os.path.join(out, "backbone.pth"))
     seconds = time.perf_counter() - t_start
