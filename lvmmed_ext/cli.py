@@ -10,6 +10,7 @@ COMMANDS = {
     "info": ("lvmmed_ext.info", "build and runtime facts (versions, CUDA, compiled backends, ops)"),
     "bench": ("lvmmed_ext.bench.cli", "benchmark suite: ours vs peers, JSON out, regression gate"),
     "scan": ("lvmmed_ext.data.manifest", "index data folders (parallel header reads) into manifests later runs reuse"),
+    "prepare": ("lvmmed_ext.data.shards", "decode + preprocess image folders into tar shards that pretrain streams"),
     "pretrain": ("lvmmed_ext.train.cli", "self-supervised pretraining on a folder of images, or --demo"),
     "export": ("lvmmed_ext.train.export", "backbone of a checkpoint -> torchvision-style .pth + preprocessing .json"),
     "eval": (

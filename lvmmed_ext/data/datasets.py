@@ -125,18 +125,25 @@ class PretrainDataset(Dataset):
             raise UsageError(f"no readable image after {MAX_READ_TRIES} tries (last failure: {last})")
         if transform is not None:
             img, scale = transform(img, scale)
-        prep, views, pos = self.images.prep, [], []
-        if self.pair is not None:
-            view, p = make_view(img, rng, self.views.global_view, scale)
-            for v in self.pair.make_pair(view, rng):
-                views.append(torch.from_numpy(to_chw(np.ascontiguousarray(v), prep.in_chans, prep.mean, prep.std)))
-                pos.append(torch.from_numpy(p))
-            return {"views": views, "pos": pos, "bad": bad, "index": index}
-        for cfg in self.views.configs():
-            view, p = make_view(img, rng, cfg, scale)
-            views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))
+        return {**views_of(img, scale, rng, self.views, self.images.prep, self.pair), "bad": bad, "index": index}
+
+
+def views_of(img: np.ndarray, scale, rng: np.random.Generator, views: MultiViewConfig, prep: Preprocessing, pair=None):
+    """``{"views": [...], "pos": [...]}`` of one decoded image (float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]):
+    every view of ``views`` (or, with ``pair``, one global crop made into ``[input, target]``) as a normalised
+    float32 ``[C, size, size]`` tensor with its float32 ``[R*S, 2]`` cell centres in original pixels."""
+    out_views, pos = [], []
+    if pair is not None:
+        view, p = make_view(img, rng, views.global_view, scale)
+        for v in pair.make_pair(view, rng):
+            out_views.append(torch.from_numpy(to_chw(np.ascontiguousarray(v), prep.in_chans, prep.mean, prep.std)))
             pos.append(torch.from_numpy(p))
-        return {"views": views, "pos": pos, "bad": bad, "index": index}
+        return {"views": out_views, "pos": pos}
+    for cfg in views.configs():
+        view, p = make_view(img, rng, cfg, scale)
+        out_views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))
+        pos.append(torch.from_numpy(p))
+    return {"views": out_views, "pos": pos}
 
 
 def collate_views(samples: list[dict]) -> dict:

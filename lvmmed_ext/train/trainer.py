@@ -28,6 +28,7 @@ from ..data.io import ScanResult, scan
 from ..data.labelsets import LabelSet, load_label_sets
 from ..data.mixture import BALANCE, MixtureStream, check_specs, group_probabilities, parse_data_spec, split_groups
 from ..data.presets import Preprocessing
+from ..data.shards import ShardStream, is_shard_folder, load_index
 from ..data.views import MultiViewConfig, ViewConfig
 from ..data.volumes import VolumeCrops, volume_sources
 from ..diagnostics import StepStats, cosine_matching
@@ -473,7 +474,20 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     saved = ckpt_io.load_checkpoint(resume) if resume else None
     label_sets = _label_sets(cfg, log)
     mixed = bool(cfg.datasets) and not label_sets and cfg.arch not in VOLUME_ARCHS
-    if mixed:
+    shard_index = load_index(cfg.data) if is_shard_folder(cfg.data) else None
+    if shard_index is not None:
+        if label_sets or cfg.arch in VOLUME_ARCHS:
+            raise UsageError(f"--data {cfg.data} holds shards (lvmmed prepare): not usable with --labels or 3D --arch")
+        shard_prep = Preprocessing.from_json(shard_index["preprocessing"])
+        if shard_prep.to_json() != cfg.preprocessing.to_json():
+            log(f"notice: the shards were prepared with {shard_prep.to_json()}; that preprocessing is recorded")
+            cfg.preprocessing = shard_prep
+        log(
+            f"data: {shard_index['images']} preprocessed images in {len(shard_index['shards'])} shards in {cfg.data} "
+            f"({', '.join(d['name'] for d in shard_index['datasets'])})"
+        )
+        images, skipped_at_scan = None, int(shard_index.get("unreadable", 0))
+    elif mixed:
         sets, skipped_at_scan = build_datasets(cfg, log)
         images = None
     else:
@@ -496,7 +510,9 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             f"crops" + (f" ({too_shallow} shallower left out)" if too_shallow else "")
         )
     n_images = (
-        len(volumes)
+        int(shard_index["images"])
+        if shard_index is not None
+        else len(volumes)
         if three_d
         else sum(len(x) for x in sets)
         if mixed
@@ -589,6 +605,16 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     if mixed and pair is not None:
         raise UsageError(f"several --data datasets are not supported with --loss {cfg.loss} yet; pass one --data")
     mixture_stream, mixture = build_mixture(cfg, views, sets, log) if mixed else (None, None)
+    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) // dist_info.world - 1))
+    if shard_index is not None and saved is not None and saved.get("loader_workers", workers) != workers:
+        log(f"notice: resuming with {saved['loader_workers']} loader workers, as the run began (its shard readers)")
+        workers = int(saved["loader_workers"])
+    shard_stream = (
+        ShardStream(cfg.data, shard_index, views, cfg.preprocessing, cfg.seed, dist_info.rank, dist_info.world,
+                    workers, cfg.batch_size, start * cfg.accum, pair)
+        if shard_index is not None
+        else None
+    )  # fmt: skip
     out = cfg.out
     ckpt_path = os.path.join(out, "checkpoint.pt")
 
@@ -614,7 +640,6 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(getattr(head, "find_unused_parameters", False)),
         )
-    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) // dist_info.world - 1))
     span = (cfg.batch_size, dist_info.world, dist_info.rank, start * cfg.accum, steps * cfg.accum)
     if label_sets:  # labelled datasets (then the unlabelled images) in turn, one per micro-step
         sets = [ls.images for ls in label_sets] + ([images] if images is not None else [])
@@ -632,9 +657,12 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     else:
         dataset = PretrainDataset(images, views, seed=cfg.seed, pair=pair)
         sampler, collate = StreamBatchSampler(*span), collate_views
+    if shard_stream is not None:  # batches come whole from each worker's shards
+        dataset, sampler, collate = shard_stream, None, collate_views
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
+        batch_size=None if sampler is None else 1,
         num_workers=workers,
         collate_fn=collate,
         worker_init_fn=seed_worker,
@@ -685,6 +713,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 "step": at_step,
                 "config": cfg.to_json(),
                 "n_images": n_images,
+                "loader_workers": workers,
                 "feature_dim": backbone.out_dim,
                 "width": getattr(backbone, "width", None),
                 "backbone": backbone_state_dict(model.backbone),
