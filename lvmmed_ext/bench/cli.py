@@ -1,4 +1,4 @@
-"""``lvmmed bench [solver|affinity|loss|all] --device cpu|cuda --json OUT.json [--baseline OLD.json
+"""``lvmmed bench [solver|affinity|loss|data|all] --device cpu|cuda --json OUT.json [--baseline OLD.json
 --max-regression 10%]``: the benchmark suite, peers side by side, with a regression gate.
 
 Every subject checks correctness first (a disagreement stops the run with exit code 1), then times with proper

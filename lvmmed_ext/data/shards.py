@@ -61,13 +61,18 @@ def load_index(folder: str) -> dict:
     return index
 
 
-def encode_frame(frame: np.ndarray, bits: int) -> bytes:
-    """float ``[H, W]`` or ``[H, W, 3]`` in [0, 1] -> PNG bytes, 8- or 16-bit."""
+def encode_frame(frame: np.ndarray, bits: int, compression: int = 1) -> bytes:
+    """float ``[H, W]`` or ``[H, W, 3]`` in [0, 1] -> PNG bytes, 8- or 16-bit, zlib level ``compression`` (0-9) and
+    no PNG row filter: on CT slices that halves the decode time of OpenCV's default at a slightly smaller size, and
+    level 0 decodes about 5x faster again at 2.6x the size (measured on the ``bench data`` slices)."""
     top = 255 if bits == 8 else 65535
     arr = np.clip(np.rint(np.asarray(frame, np.float32) * top), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
     if arr.ndim == 3:
         arr = arr[..., ::-1]  # OpenCV writes BGR
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
     if not ok:
         raise ReadError("PNG encoding failed")
     return buf.tobytes()
@@ -90,8 +95,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_shard(job) -> dict:
-    """Write one shard: ``job = (path, number, [(dataset name, root, Source), ...], prep, bits)``."""
-    path, number, sources, prep, bits = job
+    """Write one shard: ``job = (path, number, [(dataset name, root, Source), ...], prep, bits, compression)``."""
+    path, number, sources, prep, bits, compression = job
     count, bad, per_dataset = 0, [], {}
     tmp = path + ".tmp"
     with tarfile.open(tmp, "w") as tar:
@@ -110,7 +115,7 @@ def _write_shard(job) -> dict:
                     "scale": list(loaded.scale),
                     "preset": loaded.preset,
                 }
-                _add(tar, f"{key}.png", encode_frame(frame, bits))
+                _add(tar, f"{key}.png", encode_frame(frame, bits, compression))
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
                 count += 1
                 per_dataset[name] = per_dataset.get(name, 0) + 1
@@ -128,6 +133,7 @@ def prepare(
     seed: int = 0,
     progress: bool = False,
     log=print,
+    compression: int = 1,
 ) -> dict:
     """Decode and preprocess every image of ``data`` (``DIR`` or ``NAME=DIR`` entries) into tar shards in ``out``.
 
@@ -140,6 +146,7 @@ def prepare(
         workers: shard-writing processes (0 or 1: this process).
         seed: shuffles the files before they are cut into shards.
         progress: draw a progress bar (shards written) on stderr.
+        compression: PNG zlib level 0-9 (see ``encode_frame``).
 
     Returns:
         the ``shards.json`` index written last in ``out``. Raises ``UsageError`` (before anything is written) for
@@ -150,6 +157,8 @@ def prepare(
     """
     if bits not in (8, 16):
         raise UsageError(f"--bits must be 8 or 16, got {bits}")
+    if not 0 <= compression <= 9:
+        raise UsageError(f"--compression must be 0-9, got {compression}")
     if shard_size < 1:
         raise UsageError(f"--shard-size must be >= 1, got {shard_size}")
     if not data:
@@ -179,7 +188,7 @@ def prepare(
     if current:
         jobs.append(current)
     os.makedirs(out, exist_ok=True)
-    args = [(os.path.join(out, f"shard-{n:06d}.tar"), n, job, prep, bits) for n, job in enumerate(jobs)]
+    args = [(os.path.join(out, f"shard-{n:06d}.tar"), n, job, prep, bits, compression) for n, job in enumerate(jobs)]
     bar = CountBar(len(args), label="prepare", unit="shards") if progress else None
     written = []
     if workers > 1 and len(args) > 1:
@@ -201,6 +210,7 @@ def prepare(
         "version": VERSION,
         "preprocessing": prep.to_json(),
         "bits": bits,
+        "compression": compression,
         "images": sum(r["count"] for r in written),
         "datasets": datasets,
         "unreadable": len(skipped) + len(bad),
@@ -359,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="a new or empty folder for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard (1000)")
     p.add_argument("--bits", type=int, default=8, help="bits per stored pixel, 8 or 16 (8)")
+    p.add_argument("--compression", type=int, default=1, help="PNG zlib level 0-9; 0 decodes fastest, largest (1)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (all cores)")
     p.add_argument("--seed", type=int, default=0, help="file shuffle before sharding (0)")
     p.add_argument("--preset", default="auto", help="intensity preset, as lvmmed pretrain --preset (auto)")
@@ -374,7 +385,18 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         t0 = time.perf_counter()
-        index = prepare(args.data, args.out, prep, args.shard_size, args.bits, args.workers, args.seed, progress=True)
+        index = prepare(
+            args.data,
+            args.out,
+            prep,
+            args.shard_size,
+            args.bits,
+            args.workers,
+            args.seed,
+            True,
+            print,
+            args.compression,
+        )
     except UsageError as e:
         print(f"lvmmed prepare: error: {e}", file=sys.stderr)
         return 2

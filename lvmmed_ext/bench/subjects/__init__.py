@@ -3,6 +3,7 @@
 
 SUBJECTS = {
     "affinity": "lvmmed_ext.bench.subjects.affinity",
+    "data": "lvmmed_ext.bench.subjects.data",
     "loss": "lvmmed_ext.bench.subjects.loss",
     "solver": "lvmmed_ext.bench.subjects.solver",
 }
