@@ -271,8 +271,11 @@ def scan_folder(
             f"no readable images in {what} {root}: {len(listing)} file(s), {result.ignored} of other types, "
             f"{detail}; supported: {SUPPORTED}"
         )
-    keep = stored(entries, time.time_ns())
-    result.manifest = path if (keep == known and known_axis == axis) or save(path, root, axis, keep) else None
+    if not stale and len(known) == len(entries) and known_axis == axis:  # unchanged: nothing to write
+        result.manifest = path
+    else:
+        keep = stored(entries, time.time_ns())
+        result.manifest = path if (keep == known and known_axis == axis) or save(path, root, axis, keep) else None
     return result
 
 
