@@ -24,7 +24,7 @@ from lvmmed_ext.data.mixture import (
 )
 from lvmmed_ext.errors import UsageError
 from lvmmed_ext.train import pretrain
-from lvmmed_ext.train.cli import build_config, parser
+from lvmmed_ext.train.cli import build_config, load_config_file, parser
 
 VIEWS = MultiViewConfig(ViewConfig(size=16, grid=(1, 1)))
 
@@ -160,3 +160,5 @@ def test_mixed_run_records_the_mixture_and_resumes_exactly(tmp_path):
     sb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["backbone"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert json.load(open(tmp_path / "part" / "config.json"))["mixture"]["seen"] == record["seen"]
+    again = build_config(parser().parse_args([]), None, load_config_file(str(tmp_path / "full" / "config.json")))
+    assert again.datasets == kw["datasets"] and again.data == "" and again.balance == "none"

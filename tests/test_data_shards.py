@@ -178,6 +178,18 @@ def test_pretrain_on_shards_resumes_exactly(shards, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_pretrain_counts_a_corrupt_member_and_goes_on(shards, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "sh")
+    shutil.copytree(shards, copy)
+    for s in load_index(copy)["shards"]:
+        path = os.path.join(copy, s["name"])
+        _corrupt_member(path, read_shard(path)[0][0][0])
+    result = pretrain_run(copy, tmp_path / "run", steps=3, preprocessing=PREP)
+    assert result.step == 3 and result.skipped_files >= 1
+
+
 def pretrain_run(data, out, stop_after=None, resume=None, **kw):
     from lvmmed_ext.train import pretrain
 
