@@ -156,7 +156,8 @@ class Group:
 
 def split_groups(names: list[str], sets: list[ImageSet], balance: str) -> list[Group]:
     """One group per dataset, or per (dataset, modality) with ``balance == "modality"`` (modality: the DICOM
-    Modality tag, else the file type, e.g. ``nifti``)."""
+    Modality tag, else the file type, e.g. ``nifti``). The decoded-file cache budget of ``sets[0]`` is split over
+    the groups (at least 64 MiB each), so a loader process holds about one budget in all."""
     groups = []
     for k, (name, images) in enumerate(zip(names, sets)):
         if balance != "modality":
@@ -170,8 +171,10 @@ def split_groups(names: list[str], sets: list[ImageSet], balance: str) -> list[G
             sub = ImageSet(images.sources, images.prep, items=by_mod[mod], cache_bytes=images.cache_bytes)
             groups.append(Group(f"{name}/{mod}", k, mod, sub))
     total = sum(len(g.images) for g in groups)
+    budget = max(1 << 26, sets[0].cache_bytes // len(groups))  # each group caches decoded files on its own
     for g in groups:
         g.share = len(g.images) / total
+        g.images.cache_bytes = budget
     return groups
 
 
