@@ -78,14 +78,17 @@ def encode_frame(frame: np.ndarray, bits: int, compression: int = 1) -> bytes:
     return buf.tobytes()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> float32 ``[H, W]`` or ``[H, W, 3]`` (RGB) in [0, 1]; ``ReadError`` when it does not decode."""
+def decode_png(data: bytes, raw: bool = False) -> np.ndarray:
+    """PNG bytes -> float32 ``[H, W]`` or ``[H, W, 3]`` (RGB) in [0, 1], or with ``raw`` the stored uint8/uint16
+    array (``make_view`` scales it after resizing the crop); ``ReadError`` when it does not decode."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None:
         raise ReadError("PNG does not decode (truncated or corrupt)")
     if arr.ndim == 3:
-        arr = arr[..., 2::-1]
-    return arr.astype(np.float32) * np.float32(1.0 / (255 if arr.dtype == np.uint8 else 65535))
+        arr = np.ascontiguousarray(arr[..., 2::-1])
+    if raw:
+        return arr
+    return arr.astype(np.float32) * np.float32(1.0 / np.iinfo(arr.dtype).max)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -325,7 +328,7 @@ class ShardStream(IterableDataset):
             try:
                 if png is None:
                     raise ReadError("no .png member")
-                return f"{os.path.basename(path)}:{key}", decode_png(png), meta, bad
+                return f"{os.path.basename(path)}:{key}", decode_png(png, raw=self.pair is None), meta, bad
             except ReadError as e:
                 bad.append((f"{path}:{key}", str(e)))
         return "", None, {}, bad

@@ -100,7 +100,8 @@ def cell_centres(box, grid: tuple[int, int], flipped: bool, scale_yx=(1.0, 1.0))
 
 
 def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_yx=(1.0, 1.0)):
-    """One augmented view of ``img`` (float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]).
+    """One augmented view of ``img`` (float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]; or uint8/uint16, scaled to
+    [0, 1] by the type's maximum after the crop is resized, which spares converting the whole image).
 
     Returns ``(view, pos)``: the view float32 ``[size, size]`` / ``[size, size, 3]`` in [0, 1], and ``pos``
     float32 ``[R*S, 2]`` (see ``cell_centres``).
@@ -110,6 +111,8 @@ def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_
     crop = img[top : top + h, left : left + w]
     interp = cv2.INTER_AREA if h > cfg.size and w > cfg.size else cv2.INTER_LINEAR
     view = cv2.resize(np.ascontiguousarray(crop), (cfg.size, cfg.size), interpolation=interp)
+    if view.dtype != np.float32:
+        view = view.astype(np.float32) * np.float32(1.0 / np.iinfo(img.dtype).max)
     flipped = bool(rng.random() < cfg.flip_p)
     if flipped:
         view = view[:, ::-1]
