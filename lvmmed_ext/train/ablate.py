@@ -146,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--eval-data", action="append", default=None, metavar="PATH",
                    help="labelled images for the evaluation: a folder with one sub-folder per class, or a CSV "
                    "path,label[,split] (as lvmmed eval --data); repeat for several tasks")  # fmt: skip
+    a.add_argument("--no-seg", action="store_true",
+                   help="with --demo: leave out the segmentation column (one U-Net fine-tuning per configuration "
+                   "and seed, about as long as a short pretraining each)")  # fmt: skip
     a.add_argument("--eval-k", type=int, default=20, help="kNN neighbours (20)")
     a.add_argument("--eval-test-frac", type=float, default=0.3, help="test fraction when --eval-data has no split")
     a.add_argument("--eval-l2", default="auto", help="linear-probe L2 penalty, or 'auto' (3-fold CV)")
@@ -327,7 +330,9 @@ def _run(args: argparse.Namespace) -> int:
     device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     workers = base.workers if base.workers is not None else (0 if demo else min(4, max(0, (os.cpu_count() or 1) - 1)))
     eval_kw = dict(device=device, workers=workers, l2=l2, k=args.eval_k, test_frac=args.eval_test_frac)
-    seg_data = _demo_segmentation_data(os.path.join(out, "eval_tasks", "segment"), base) if demo else None
+    seg_data = (
+        _demo_segmentation_data(os.path.join(out, "eval_tasks", "segment"), base) if demo and not args.no_seg else None
+    )
     seg_meta: dict = {}
 
     t_all = time.perf_counter()

@@ -408,9 +408,10 @@ def _label_sets(cfg: TrainConfig, log=print) -> list[LabelSet]:
 
 
 def _check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:
+    defaults = TrainConfig().to_json()
     for key in STRUCTURAL:
         mine = cfg.to_json()[key]
-        theirs = saved.get(key)
+        theirs = saved.get(key, defaults[key])  # a setting added after the checkpoint was written: its default
         if key == "preprocessing" and isinstance(theirs, dict):
             theirs = Preprocessing.from_json(theirs).to_json()
         if key in ("labels", "datasets") and theirs is None:  # checkpoints from before --labels / named --data
