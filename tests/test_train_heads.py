@@ -163,7 +163,8 @@ def test_vicreg_head_builds_and_trains():
 
 
 def test_registry_and_gm_entry():
-    with pytest.raises(HeadUnavailable, match="unknown --loss 'nope'; available: ark, genesis, gm, infonce, peac, vicreg"):
+    names = "ark, genesis, gm, infonce, peac, vicreg"
+    with pytest.raises(HeadUnavailable, match=f"unknown --loss 'nope'; available: {names}"):
         build_head("nope", 8)
     head = build_head("gm", 8, dim=8, graph_size=4, k=2)
     assert isinstance(head, LVMMedHead) and head.symmetric and head.needs_maps
