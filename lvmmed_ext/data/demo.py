@@ -166,6 +166,15 @@ def slab_slices(split: str, slab: int = 10, margin: int = 2, z_range: tuple[int,
     ]
 
 
+def _write_csv(path: str, header: list[str], rows) -> str:
+    """Write ``header`` and ``rows`` to the CSV ``path``; returns ``path``."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 def _write_patches(
     out_dir: str, t1, labels, names, patch: int, per_class: dict, slab: int, margin: int, seed: int
 ) -> str:
@@ -191,12 +200,7 @@ def _write_patches(
                 rel = os.path.join(split, name, f"z{z:03d}_x{x:03d}_y{y:03d}.png")
                 cv2.imwrite(os.path.join(out_dir, rel), np.round(img * 255).astype(np.uint8))
                 rows.append((rel, name, split))
-    csv_path = os.path.join(out_dir, "labels.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        w.writerows(rows)
-    return csv_path
+    return _write_csv(os.path.join(out_dir, "labels.csv"), ["path", "label", "split"], rows)
 
 
 def mni152_tissue_task(
@@ -284,9 +288,4 @@ def mni152_segmentation_task(out_dir: str, slab: int = 10, margin: int = 2, step
             for sub, arr in (("images", np.round(t1[:, :, z] * 255).astype(np.uint8)), ("masks", labels[:, :, z])):
                 cv2.imwrite(os.path.join(out_dir, sub, name), np.ascontiguousarray(np.rot90(arr)))
             rows.append((f"images/{name}", f"masks/{name}", split))
-    csv_path = os.path.join(out_dir, "pairs.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "mask", "split"])
-        w.writerows(rows)
-    return csv_path
+    return _write_csv(os.path.join(out_dir, "pairs.csv"), ["image", "mask", "split"], rows)

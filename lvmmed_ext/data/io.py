@@ -141,6 +141,19 @@ def _tiff_count(shape: tuple[int, ...]) -> int:
     return int(np.prod(lead, dtype=np.int64)) if lead else 1
 
 
+def no_images_error(result: ScanResult, what: str, root: str, n_files: int) -> UsageError:
+    """The error of a scan that found no readable image: what was there and the first unreadable file."""
+    detail = (
+        f"{len(result.skipped)} unreadable (first: {result.skipped[0][0]}: {result.skipped[0][1]})"
+        if result.skipped
+        else "none"
+    )
+    return UsageError(
+        f"no readable images in {what} {root}: {n_files} file(s), {result.ignored} of other types, {detail}; "
+        f"supported: {SUPPORTED}"
+    )
+
+
 def scan(
     paths: str | os.PathLike | list, axis: int = 2, what: str = "--data", manifest: bool = False, workers: int = 0
 ) -> ScanResult:
@@ -189,15 +202,7 @@ def scan(
         except ReadError as e:
             result.skipped.append((path, str(e)))
     if not result.sources:
-        detail = (
-            f"{len(result.skipped)} unreadable (first: {result.skipped[0][0]}: {result.skipped[0][1]})"
-            if result.skipped
-            else "none"
-        )
-        raise UsageError(
-            f"no readable images in {what} {root}: {len(files)} file(s), {result.ignored} of other types, "
-            f"{detail}; supported: {SUPPORTED}"
-        )
+        raise no_images_error(result, what, root, len(files))
     return result
 
 

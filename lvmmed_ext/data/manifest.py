@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 from ..errors import UsageError
-from .io import SUPPORTED, ReadError, ScanResult, Source, _kind_of, read_header
+from .io import SUPPORTED, ReadError, ScanResult, Source, _kind_of, no_images_error, read_header
 
 MANIFEST_NAME = ".lvmmed-manifest.tsv"
 FORMAT, VERSION = "lvmmed-manifest", 1
@@ -262,15 +262,7 @@ def scan_folder(
         else:
             result.sources.append(Source(full, e.kind, e.count, e.modality or None))
     if not result.sources:
-        detail = (
-            f"{len(result.skipped)} unreadable (first: {result.skipped[0][0]}: {result.skipped[0][1]})"
-            if result.skipped
-            else "none"
-        )
-        raise UsageError(
-            f"no readable images in {what} {root}: {len(listing)} file(s), {result.ignored} of other types, "
-            f"{detail}; supported: {SUPPORTED}"
-        )
+        raise no_images_error(result, what, root, len(listing))
     if not stale and len(known) == len(entries) and known_axis == axis:  # unchanged: nothing to write
         result.manifest = path
     else:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from .base import Head, LabelBatch, TeacherFeatures, register_head
-from .ema import check_momentum, ema_update_, make_teacher, mlp
+from .base import Head, LabelBatch, TeacherFeatures, mlp, register_head
+from .ema import check_momentum, ema_update_, make_teacher
 
 TASK_KINDS = ("multi", "single")
 

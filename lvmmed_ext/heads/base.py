@@ -87,6 +87,17 @@ class Head(nn.Module):
         raise NotImplementedError
 
 
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear (no bias) -> BatchNorm -> ReLU -> Linear: the projector/predictor of the InfoNCE, PEAC and Ark heads
+    (SimCLR's projector shape)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
 _HEADS: dict[str, Callable[..., nn.Module]] = {}
 
 

@@ -51,13 +51,3 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
         t.mul_(m).add_(s.detach().to(t.dtype), alpha=1.0 - m)
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear -> BatchNorm -> ReLU -> Linear (the projector/predictor shape of the teacher heads)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, out_dim),
-    )

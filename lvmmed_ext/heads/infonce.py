@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..distributed import all_gather_with_grad, rank
 from ..errors import UsageError
-from .base import Head, register_head
+from .base import Head, mlp, register_head
 
 
 def info_nce(z_s: Tensor, z_t: Tensor, temperature: float = 0.2, gather: bool = True) -> Tensor:
@@ -61,12 +61,7 @@ class InfoNCEHead(Head):
         if temperature <= 0:
             raise UsageError(f"infonce temperature must be > 0, got {temperature}")
         self.temperature, self.gather = float(temperature), bool(gather)
-        self.projector = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        self.projector = mlp(in_dim, hidden_dim, out_dim)
 
     def forward(self, h_s: Tensor, h_t: Tensor, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
         z = self.projector(torch.cat([h_s, h_t], dim=0))  # one BatchNorm pass over both views

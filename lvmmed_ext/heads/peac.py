@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import Head, TeacherFeatures, register_head
-from .ema import check_momentum, ema_update_, make_teacher, mlp
+from .base import Head, TeacherFeatures, mlp, register_head
+from .ema import check_momentum, ema_update_, make_teacher
 
 
 def consistency(p: Tensor, q: Tensor) -> Tensor:

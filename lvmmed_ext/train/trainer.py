@@ -183,13 +183,14 @@ class SSLModel(nn.Module):
         head_stats = getattr(self.head, "stats", None)
         return {**(head_stats.pop() if head_stats is not None else {}), **self.stats.pop()}
 
+    def _autocast(self, x: Tensor):
+        """bf16 autocast on ``x``'s device when the model runs in bf16, else a no-op context."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
+
     def _encode(self, x: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
-        ctx = (
-            torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with self._autocast(x):
             pooled, fmap = (net or self.backbone).features(x)
         maps = fmap.float().flatten(2).transpose(1, 2) if self.needs_maps else None  # [B, P, D]
         return pooled.float(), maps
@@ -210,12 +211,7 @@ class SSLModel(nn.Module):
 
     def forward(self, views: list[Tensor], pos: list[Tensor], labels: LabelBatch | None = None) -> Tensor:
         if getattr(self.head, "needs_encoder", False):  # restoration: views = [corrupted input, original]
-            ctx = (
-                torch.autocast(device_type=views[0].device.type, dtype=self.amp_dtype)
-                if self.amp_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with ctx:
+            with self._autocast(views[0]):
                 return self.head(self.backbone, views[0], views[1]).float()
         h, y = self._encode_all(views)
         th = ty = None
@@ -408,16 +404,12 @@ def _label_sets(cfg: TrainConfig, log=print) -> list[LabelSet]:
 
 
 def _check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:
-    defaults = TrainConfig().to_json()
+    defaults, current = TrainConfig().to_json(), cfg.to_json()
     for key in STRUCTURAL:
-        mine = cfg.to_json()[key]
+        mine = current[key]
         theirs = saved.get(key, defaults[key])  # a setting added after the checkpoint was written: its default
         if key == "preprocessing" and isinstance(theirs, dict):
             theirs = Preprocessing.from_json(theirs).to_json()
-        if key in ("labels", "datasets") and theirs is None:  # checkpoints from before --labels / named --data
-            theirs = []
-        if key == "balance" and theirs is None:
-            theirs = "none"
         if mine != theirs:
             raise UsageError(f"checkpoint {path} was made with {key} = {theirs!r}, this run has {mine!r}")
 
@@ -556,10 +548,12 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
                 f"--loss {cfg.loss} needs a feature grid of at least {min_grid}x{min_grid} cells; {flag} {size} "
                 f"gives {g[0]}x{g[1]} with {cfg.arch} (stride {getattr(backbone, 'stride', '?')})"
             )
+    # a restoration head's pair_config makes its own flips and intensity changes: the crop alone comes from here
+    plain = {} if pair is None else {"flip_p": 0.0, "jitter_p": 0.0, "blur_p": 0.0}
     views = MultiViewConfig(
-        ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid)
-        if pair is None
-        else ViewConfig(size=cfg.image_size, scale=cfg.crop_scale, flip_p=0.0, jitter_p=0.0, blur_p=0.0, grid=grid),
+        ViewConfig(
+            size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid, **plain
+        ),
         2,
         ViewConfig(
             size=cfg.local_size,
