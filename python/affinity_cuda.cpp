@@ -1,9 +1,6 @@
 // CUDA backend of the affinity ops: validate, make contiguous, guard the device, launch csrc/cuda on the
 // current stream with scratch from torch's caching allocator.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -25,13 +22,13 @@ at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
   const NvtxRange nvtx("lvmmed::global_affinity");
   const auto s = validate_global_affinity(z_s, z_t);
   check_cuda(z_s, "z_s");
-  const c10::cuda::CUDAGuard guard(z_s.device());
+  const DeviceGuard guard(z_s.device());
   const auto zs = z_s.contiguous(), zt = z_t.contiguous();
   const DType dt = cuda_dtype(zs, "z_s");
   auto out = at::empty({s.G, s.N, s.M}, zs.options());
   auto ws = cuda_workspace(cuda::global_affinity_forward_workspace_bytes(dt, s), zs);
-  C10_CUDA_CHECK(cuda::global_affinity_forward(dt, zs.const_data_ptr(), zt.const_data_ptr(), out.mutable_data_ptr(),
-                                               ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::global_affinity_forward(dt, zs.const_data_ptr(), zt.const_data_ptr(), out.mutable_data_ptr(),
+                                               ws.mutable_data_ptr(), s, current_stream()));
   return out;
 }
 
@@ -40,14 +37,14 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cuda(const at::Tenso
   const NvtxRange nvtx("lvmmed::global_affinity_backward");
   const auto s = validate_global_affinity_backward(grad, z_s, z_t);
   check_cuda(z_s, "z_s");
-  const c10::cuda::CUDAGuard guard(z_s.device());
+  const DeviceGuard guard(z_s.device());
   const auto g = grad.contiguous(), zs = z_s.contiguous(), zt = z_t.contiguous();
   const DType dt = cuda_dtype(zs, "z_s");
   auto grad_zs = at::empty_like(zs), grad_zt = at::empty_like(zt);
   auto ws = cuda_workspace(cuda::global_affinity_backward_workspace_bytes(dt, s), zs);
-  C10_CUDA_CHECK(cuda::global_affinity_backward(dt, g.const_data_ptr(), zs.const_data_ptr(), zt.const_data_ptr(),
+  LVMMED_CUDA_CHECK(cuda::global_affinity_backward(dt, g.const_data_ptr(), zs.const_data_ptr(), zt.const_data_ptr(),
                                                 grad_zs.mutable_data_ptr(), grad_zt.mutable_data_ptr(),
-                                                ws.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
+                                                ws.mutable_data_ptr(), s, current_stream()));
   return {grad_zs, grad_zt};
 }
 
@@ -56,10 +53,14 @@ at::ScalarType acc_dtype(DType dt) {
   return dt == DType::Float64 ? at::kDouble : at::kFloat;
 }
 
-// out = a . b with the accumulation dtype (float32 output from float16/bfloat16 inputs on tensor cores).
+// out = a . b with the accumulation dtype (float32 output from float16/bfloat16 inputs on tensor cores). The emulated
+// backend has no mixed-precision CPU product: it multiplies float32 copies (products of half-precision values are
+// exact in float32, so only the summation order differs).
 void bmm_acc(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (out.scalar_type() == a.scalar_type())
     at::bmm_out(out, a, b);
+  else if (kEmulated)
+    at::bmm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
   else
     at::bmm_out(out, a, b, out.scalar_type());
 }
@@ -70,8 +71,8 @@ std::tuple<at::Tensor, at::Tensor> row_norms_cuda(const at::Tensor& x, int64_t D
   const auto opts = x.options().dtype(acc_dtype(dt));
   auto inv = at::empty({rows}, opts);
   auto sq = with_sq ? at::empty({rows}, opts) : at::Tensor();
-  C10_CUDA_CHECK(cuda::row_norms(dt, x.const_data_ptr(), rows, D, with_sq ? sq.mutable_data_ptr() : nullptr,
-                                 inv.mutable_data_ptr(), flag, c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::row_norms(dt, x.const_data_ptr(), rows, D, with_sq ? sq.mutable_data_ptr() : nullptr,
+                                 inv.mutable_data_ptr(), flag, current_stream()));
   return {sq, inv};
 }
 
@@ -85,8 +86,8 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_cuda(const at::Tensor& y_s, co
   TORCH_CHECK_VALUE(s.P <= cuda::kLocalAffinityMaxCells && s.Q <= cuda::kLocalAffinityMaxCells,
                     "local_affinity on CUDA takes at most ", cuda::kLocalAffinityMaxCells,
                     " cells per map (P and Q), got P = ", s.P, " and Q = ", s.Q);
-  const c10::cuda::CUDAGuard guard(y_s.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(y_s.device());
+  const auto stream = current_stream();
   const auto ys = y_s.contiguous(), yt = y_t.contiguous();
   const DType dt = cuda_dtype(ys, "y_s");
   auto out = at::empty({s.G, s.N, s.M}, ys.options());
@@ -103,8 +104,8 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_cuda(const at::Tensor& y_s, co
   if (s.with_positions) {
     ps = pos_s->to(at::kDouble).contiguous();
     pt = pos_t->to(at::kDouble).contiguous();
-    C10_CUDA_CHECK(cuda::flag_nonfinite(ps.const_data_ptr<double>(), ps.numel(), flag + 2, stream));
-    C10_CUDA_CHECK(cuda::flag_nonfinite(pt.const_data_ptr<double>(), pt.numel(), flag + 3, stream));
+    LVMMED_CUDA_CHECK(cuda::flag_nonfinite(ps.const_data_ptr<double>(), ps.numel(), flag + 2, stream));
+    LVMMED_CUDA_CHECK(cuda::flag_nonfinite(pt.const_data_ptr<double>(), pt.numel(), flag + 3, stream));
   }
   const auto bad = flags.cpu();
   const int* b = bad.const_data_ptr<int>();
@@ -118,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_cuda(const at::Tensor& y_s, co
     auto gram = ws.narrow(0, 0, c.graphs * c.nodes * s.P * s.M * s.Q).view({c.graphs, c.nodes * s.P, s.M * s.Q});
     bmm_acc(gram, ys.narrow(0, c.g0, c.graphs).narrow(1, c.i0, c.nodes).reshape({c.graphs, c.nodes * s.P, s.D}),
             yt.narrow(0, c.g0, c.graphs).reshape({c.graphs, s.M * s.Q, s.D}).transpose(1, 2));
-    C10_CUDA_CHECK(cuda::local_affinity_forward(
+    LVMMED_CUDA_CHECK(cuda::local_affinity_forward(
         dt, gram.const_data_ptr(), sq_s.const_data_ptr(), inv_s.const_data_ptr(), sq_t.const_data_ptr(),
         inv_t.const_data_ptr(), s.with_positions ? ps.const_data_ptr<double>() : nullptr,
         s.with_positions ? pt.const_data_ptr<double>() : nullptr, out.mutable_data_ptr(),
@@ -134,8 +135,8 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
   const NvtxRange nvtx("lvmmed::local_affinity_backward");
   const auto s = validate_local_affinity_backward(grad, y_s, y_t, matches, with_positions, top_loc, top_feat);
   check_cuda(y_s, "y_s");
-  const c10::cuda::CUDAGuard guard(y_s.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(y_s.device());
+  const auto stream = current_stream();
   const auto g = grad.contiguous(), ys = y_s.contiguous(), yt = y_t.contiguous(), m = matches.contiguous();
   const DType dt = cuda_dtype(ys, "y_s");
   auto grad_ys = at::empty_like(ys), grad_yt = at::empty_like(yt);
@@ -153,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
   const int64_t most = max_chunk_elements(chunks, s);
   auto c_s = at::empty({most}, ys.options()), c_t = at::empty({most}, ys.options());
   for (const auto& c : chunks) {
-    C10_CUDA_CHECK(cuda::local_affinity_backward_coefficients(
+    LVMMED_CUDA_CHECK(cuda::local_affinity_backward_coefficients(
         dt, g.const_data_ptr(), inv_s.const_data_ptr(), inv_t.const_data_ptr(), m.const_data_ptr<int32_t>(),
         c_s.mutable_data_ptr(), c_t.mutable_data_ptr(), s, c, stream));
     const int64_t rows = c.nodes * s.P, n = c.graphs * rows * s.M * s.Q;
@@ -172,9 +173,9 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
       dt_c.add_(part);
     }
   }
-  C10_CUDA_CHECK(cuda::project_rows(dt, d_s.const_data_ptr(), ys.const_data_ptr(), inv_s.const_data_ptr(),
+  LVMMED_CUDA_CHECK(cuda::project_rows(dt, d_s.const_data_ptr(), ys.const_data_ptr(), inv_s.const_data_ptr(),
                                     grad_ys.mutable_data_ptr(), s.G * s.N * s.P, s.D, stream));
-  C10_CUDA_CHECK(cuda::project_rows(dt, d_t.const_data_ptr(), yt.const_data_ptr(), inv_t.const_data_ptr(),
+  LVMMED_CUDA_CHECK(cuda::project_rows(dt, d_t.const_data_ptr(), yt.const_data_ptr(), inv_t.const_data_ptr(),
                                     grad_yt.mutable_data_ptr(), s.G * s.M * s.Q, s.D, stream));
   return {grad_ys, grad_yt};
 }
@@ -185,19 +186,19 @@ at::Tensor knn_graph_cuda(const at::Tensor& z, int64_t k) {
   check_cuda(z, "z");
   TORCH_CHECK_VALUE(s.N <= cuda::kKnnGraphMaxNodes, "knn_graph on CUDA takes at most ", cuda::kKnnGraphMaxNodes,
                     " nodes per graph, got N = ", s.N);
-  const c10::cuda::CUDAGuard guard(z.device());
+  const DeviceGuard guard(z.device());
   const auto zc = z.contiguous();
   auto edges = at::empty({s.G, s.N * s.k, 2}, zc.options().dtype(at::kLong));
-  C10_CUDA_CHECK(cuda::knn_graph(cuda_dtype(zc, "z"), zc.const_data_ptr(), edges.mutable_data_ptr<int64_t>(), s,
-                                 c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::knn_graph(cuda_dtype(zc, "z"), zc.const_data_ptr(), edges.mutable_data_ptr<int64_t>(), s,
+                                 current_stream()));
   return edges;
 }
 
 // Edge vectors d [G,E,F] of one side, in the dtype of z.
 at::Tensor edge_vectors_cuda(const at::Tensor& z, const at::Tensor& edges, const EdgeListShape& s) {
   auto d = at::empty({s.G, s.E, s.F}, z.options());
-  C10_CUDA_CHECK(cuda::edge_vectors(cuda_dtype(z, "z_s"), z.const_data_ptr(), edges.const_data_ptr<int64_t>(),
-                                    d.mutable_data_ptr(), s, c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::edge_vectors(cuda_dtype(z, "z_s"), z.const_data_ptr(), edges.const_data_ptr<int64_t>(),
+                                    d.mutable_data_ptr(), s, current_stream()));
   return d;
 }
 
@@ -206,7 +207,7 @@ at::Tensor edge_affinity_cuda(const at::Tensor& z_s, const at::Tensor& edges_s, 
   const NvtxRange nvtx("lvmmed::edge_affinity");
   const auto [ss, st] = validate_edge_affinity(z_s, edges_s, z_t, edges_t);
   check_cuda(z_s, "z_s");
-  const c10::cuda::CUDAGuard guard(z_s.device());
+  const DeviceGuard guard(z_s.device());
   const auto d_s = edge_vectors_cuda(z_s.contiguous(), edges_s.contiguous(), ss);
   const auto d_t = edge_vectors_cuda(z_t.contiguous(), edges_t.contiguous(), st);
   return global_affinity_cuda(d_s, d_t);
@@ -218,23 +219,23 @@ std::tuple<at::Tensor, at::Tensor> edge_affinity_backward_cuda(const at::Tensor&
   const NvtxRange nvtx("lvmmed::edge_affinity_backward");
   const auto [ss, st] = validate_edge_affinity_backward(grad, z_s, edges_s, z_t, edges_t);
   check_cuda(z_s, "z_s");
-  const c10::cuda::CUDAGuard guard(z_s.device());
+  const DeviceGuard guard(z_s.device());
   const auto zs = z_s.contiguous(), zt = z_t.contiguous(), es = edges_s.contiguous(), et = edges_t.contiguous();
   const auto [grad_ds, grad_dt] =
       global_affinity_backward_cuda(grad, edge_vectors_cuda(zs, es, ss), edge_vectors_cuda(zt, et, st));
   auto grad_zs = at::empty_like(zs), grad_zt = at::empty_like(zt);
   const DType dt = cuda_dtype(zs, "z_s");
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_ds.const_data_ptr(), es.const_data_ptr<int64_t>(),
+  const auto stream = current_stream();
+  LVMMED_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_ds.const_data_ptr(), es.const_data_ptr<int64_t>(),
                                              grad_zs.mutable_data_ptr(), ss, stream));
-  C10_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_dt.const_data_ptr(), et.const_data_ptr<int64_t>(),
+  LVMMED_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_dt.const_data_ptr(), et.const_data_ptr<int64_t>(),
                                              grad_zt.mutable_data_ptr(), st, stream));
   return {grad_zs, grad_zt};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lvmmed, CUDA, m) {
+LVMMED_CUDA_LIBRARY_IMPL(m) {
   m.impl("global_affinity", &global_affinity_cuda);
   m.impl("global_affinity_backward", &global_affinity_backward_cuda);
   m.impl("local_affinity", &local_affinity_cuda);

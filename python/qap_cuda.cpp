@@ -2,9 +2,6 @@
 // guard the device, launch csrc/cuda on the current stream with scratch from torch's caching allocator; the batched
 // methods run in qap_pipeline.cpp (products by torch's cuBLAS).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "cuda_glue.h"
@@ -35,9 +32,9 @@ at::Tensor lap_cuda(const at::Tensor& score, bool maximize, bool partial, const 
   const DType dt = cuda_dtype(score, "score");
   auto assign = at::empty({s.G, s.N}, score.options().dtype(at::kLong));
   auto ws = cuda_workspace(cuda::linear_assignment_workspace_bytes(dt, s, partial), score);
-  C10_CUDA_CHECK(cuda::linear_assignment(
+  LVMMED_CUDA_CHECK(cuda::linear_assignment(
       dt, score.const_data_ptr(), assign.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(), s, maximize, partial,
-      duals.defined() ? duals.mutable_data_ptr<double>() : nullptr, c10::cuda::getCurrentCUDAStream()));
+      duals.defined() ? duals.mutable_data_ptr<double>() : nullptr, current_stream()));
   return assign;
 }
 
@@ -45,41 +42,41 @@ at::Tensor search_cuda(const QAPTensors& p, const std::optional<at::Tensor>& ini
   const DType dt = cuda_dtype(p.unary, "unary");
   auto assign = at::empty({p.s.G, p.s.N}, p.unary.options().dtype(at::kLong));
   auto ws = cuda_workspace(cuda::qap_search_workspace_bytes(dt, p.s, o), p.unary);
-  C10_CUDA_CHECK(cuda::qap_search(dt, inputs_of(p), init.has_value() ? init->const_data_ptr() : nullptr,
+  LVMMED_CUDA_CHECK(cuda::qap_search(dt, inputs_of(p), init.has_value() ? init->const_data_ptr() : nullptr,
                                   assign.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(), p.s, o,
-                                  c10::cuda::getCurrentCUDAStream()));
+                                  current_stream()));
   return assign;
 }
 
 at::Tensor edge_gradient_cuda(const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty_like(p.unary);
   auto ws = cuda_workspace(cuda::qap_edge_workspace_bytes(p.s), p.unary);
-  C10_CUDA_CHECK(cuda::qap_edge_gradient(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
+  LVMMED_CUDA_CHECK(cuda::qap_edge_gradient(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
                                          out.mutable_data_ptr(), p.s, ws.mutable_data_ptr(),
-                                         c10::cuda::getCurrentCUDAStream()));
+                                         current_stream()));
   return out;
 }
 
 at::Tensor edge_objective_cuda(const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty({p.s.G}, p.unary.options());
-  C10_CUDA_CHECK(cuda::qap_edge_objective(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
-                                          out.mutable_data_ptr(), p.s, c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::qap_edge_objective(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
+                                          out.mutable_data_ptr(), p.s, current_stream()));
   return out;
 }
 
 at::Tensor lawler_product_cuda(const at::Tensor& X, const QAPTensors& p, bool transpose) {
   auto out = at::empty_like(p.unary);
   auto ws = cuda_workspace(cuda::qap_edge_workspace_bytes(p.s), p.unary);
-  C10_CUDA_CHECK(cuda::qap_lawler_product(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
+  LVMMED_CUDA_CHECK(cuda::qap_lawler_product(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
                                           out.mutable_data_ptr(), transpose, p.s, ws.mutable_data_ptr(),
-                                          c10::cuda::getCurrentCUDAStream()));
+                                          current_stream()));
   return out;
 }
 
 at::Tensor quad_grad_cuda(const at::Tensor& grad, const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty({p.s.G, p.s.Es, p.s.Et}, p.unary.options());
-  C10_CUDA_CHECK(cuda::qap_quad_grad(cuda_dtype(p.unary, "unary"), grad.const_data_ptr(), X.const_data_ptr(),
-                                     inputs_of(p), out.mutable_data_ptr(), p.s, c10::cuda::getCurrentCUDAStream()));
+  LVMMED_CUDA_CHECK(cuda::qap_quad_grad(cuda_dtype(p.unary, "unary"), grad.const_data_ptr(), X.const_data_ptr(),
+                                     inputs_of(p), out.mutable_data_ptr(), p.s, current_stream()));
   return out;
 }
 
@@ -99,7 +96,7 @@ at::Tensor linear_assignment_op(const at::Tensor& score, bool maximize, bool par
   const NvtxRange nvtx("lvmmed::linear_assignment");
   const auto s = validate_linear_assignment(score);
   check_cuda(score, "score");
-  const c10::cuda::CUDAGuard guard(score.device());
+  const DeviceGuard guard(score.device());
   return assignment_matrix(lap_cuda(compute_input(score), maximize, partial, at::Tensor()), s.M, score.scalar_type());
 }
 
@@ -111,7 +108,7 @@ at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>
   const NvtxRange nvtx("lvmmed::solve_qap");
   const auto s = validate_solve_qap(unary, quad, edges_s, edges_t, A, B, init, partial);
   check_cuda(unary, "unary");
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   const auto p = qap_tensors(unary, quad, edges_s, edges_t, A, B, s);
   return solve_qap_with(cuda_backend(), p, init, partial, std::string(method), max_iter, seed).to(unary.scalar_type());
 }
@@ -122,7 +119,7 @@ at::Tensor qap_objective_op(const at::Tensor& X, const at::Tensor& unary, const 
   const NvtxRange nvtx("lvmmed::qap_objective");
   const auto s = validate_qap(unary, quad, edges_s, edges_t, A, B, X, "X", false);
   check_cuda(unary, "unary");
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   const auto p = qap_tensors(unary, quad, edges_s, edges_t, A, B, s);
   return qap_objective_with(cuda_backend(), X.to(p.unary.scalar_type()).contiguous(), p).to(unary.scalar_type());
 }
@@ -136,7 +133,7 @@ std::vector<at::Tensor> qap_objective_backward_op(const at::Tensor& grad, const 
   const NvtxRange nvtx("lvmmed::qap_objective_backward");
   const auto s = validate_qap_objective_backward(grad, X, unary, quad, edges_s, edges_t, A, B);
   check_cuda(unary, "unary");
-  const c10::cuda::CUDAGuard guard(unary.device());
+  const DeviceGuard guard(unary.device());
   const auto p = qap_tensors(unary, quad, edges_s, edges_t, A, B, s);
   const auto ct = p.unary.scalar_type();
   auto out = qap_objective_backward_with(cuda_backend(), grad.to(ct).contiguous(), X.to(ct).contiguous(), p);
@@ -146,7 +143,7 @@ std::vector<at::Tensor> qap_objective_backward_op(const at::Tensor& grad, const 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lvmmed, CUDA, m) {
+LVMMED_CUDA_LIBRARY_IMPL(m) {
   m.impl("linear_assignment", &linear_assignment_op);
   m.impl("solve_qap", &solve_qap_op);
   m.impl("qap_objective", &qap_objective_op);

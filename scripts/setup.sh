@@ -2,7 +2,8 @@
 # Sets up lvmmed_ext in the current Python (python3, or $PYTHON): keeps an installed torch (else installs
 # torch==2.13.0), installs the missing build/test/demo dependencies, then builds and installs the package
 # (editable). Offline machines: packages that cannot be installed are reported; the build only needs the
-# "required" ones. Environment: LVMMED_WITH_CUDA=AUTO|ON|OFF, LVMMED_CUDA_ARCHS="80;90".
+# "required" ones. Environment: LVMMED_WITH_CUDA=AUTO|ON|OFF, LVMMED_CUDA_ARCHS="80;90", LVMMED_EMULATOR=ON|OFF
+# (default ON: also build the test-only emulated CUDA backend build/emu/_lvmmed_emu, see tests/emulator.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -46,6 +47,7 @@ if [ -n "$todo" ]; then
   [ -z "$still" ] || echo "setup: WARNING optional packages unavailable (offline?): $still; the features and tests that need them are skipped"
 fi
 
-echo "setup: building lvmmed_ext (LVMMED_WITH_CUDA=${LVMMED_WITH_CUDA:-AUTO})"
+export LVMMED_EMULATOR=${LVMMED_EMULATOR:-ON}
+echo "setup: building lvmmed_ext (LVMMED_WITH_CUDA=${LVMMED_WITH_CUDA:-AUTO}, LVMMED_EMULATOR=$LVMMED_EMULATOR)"
 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -q -e . 2>&1 | grep -v "^WARNING: " || true
 "$PY" -m lvmmed_ext.info

@@ -169,40 +169,41 @@ def test_large_graphs_on_cpu_use_gemms_with_the_same_semantics():
 
 # ----------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
-def test_mixed_devices_error():
+def test_mixed_devices_error():  # the real device only: the emulated backend has one device, the CPU
     with pytest.raises(ValueError, match="same device"):
         lvmmed_ext.global_affinity(torch.randn(1, 3, 4, device="cuda"), torch.randn(1, 3, 4))
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 16, 16, 128), (2, 33, 70, 65), (5, 7, 3, 2048)])
-def test_cuda_matches_reference_and_cpu(dtype, shape):
+def test_cuda_matches_reference_and_cpu(gpu, dtype, shape):
     G, N, M, F = shape
-    z_s, z_t = make_pair(G, N, M, F, dtype, "cuda", 5, zero_rows=True, duplicate=True)
-    out = lvmmed_ext.global_affinity(z_s, z_t)
-    assert_matches_reference(out, reference.global_affinity(z_s, z_t), dtype)
-    assert_matches_reference(out, lvmmed_ext.global_affinity(z_s.cpu(), z_t.cpu()), dtype)
-    w = torch.randn_like(out)
-    g_gpu = torch.autograd.grad(
-        (lvmmed_ext.global_affinity(z_s.requires_grad_(), z_t.requires_grad_()) * w).sum(), (z_s, z_t)
-    )
+    z_s, z_t = make_pair(G, N, M, F, dtype, gpu.device, 5, zero_rows=True, duplicate=True)
+    w = torch.randn(G, N, M, dtype=dtype)
+    with gpu:
+        out = lvmmed_ext.global_affinity(z_s, z_t)
+        g_gpu = torch.autograd.grad(
+            (lvmmed_ext.global_affinity(z_s.requires_grad_(), z_t.requires_grad_()) * w.to(gpu.device)).sum(),
+            (z_s, z_t),
+        )
+    assert_matches_reference(out, reference.global_affinity(z_s.detach(), z_t.detach()), dtype)
+    assert_matches_reference(out, lvmmed_ext.global_affinity(z_s.detach().cpu(), z_t.detach().cpu()), dtype)
     a, b = z_s.detach().cpu().requires_grad_(), z_t.detach().cpu().requires_grad_()
-    g_cpu = torch.autograd.grad((lvmmed_ext.global_affinity(a, b) * w.cpu()).sum(), (a, b))
+    g_cpu = torch.autograd.grad((lvmmed_ext.global_affinity(a, b) * w).sum(), (a, b))
     for x, y in zip(g_gpu, g_cpu):
         assert_matches_reference(x, y, dtype)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-def test_cuda_low_precision_within_2x_of_torch(dtype):
-    z_s, z_t = make_pair(4, 16, 16, 128, dtype, "cuda", 6)
-    out = lvmmed_ext.global_affinity(z_s, z_t)
+def test_cuda_low_precision_within_2x_of_torch(gpu, dtype):
+    z_s, z_t = make_pair(4, 16, 16, 128, dtype, gpu.device, 6)
+    w = torch.randn(4, 16, 16, dtype=dtype, device=gpu.device)
+    with gpu:
+        out = lvmmed_ext.global_affinity(z_s, z_t)
+        (g_ours,) = torch.autograd.grad((lvmmed_ext.global_affinity(z_s.requires_grad_(), z_t) * w).sum(), (z_s,))
     assert out.dtype == dtype
     peer = torch.nn.functional.normalize(z_s, dim=-1) @ torch.nn.functional.normalize(z_t, dim=-1).transpose(1, 2)
-    assert_low_precision_ok(out, peer, reference.global_affinity(z_s, z_t))
-    w = torch.randn_like(out)
-    (g_ours,) = torch.autograd.grad((lvmmed_ext.global_affinity(z_s.requires_grad_(), z_t) * w).sum(), (z_s,))
+    assert_low_precision_ok(out, peer, reference.global_affinity(z_s.detach(), z_t))
     zp = z_s.detach().requires_grad_()
     peer = torch.nn.functional.normalize(zp, dim=-1) @ torch.nn.functional.normalize(z_t, dim=-1).transpose(1, 2)
     (g_peer,) = torch.autograd.grad((peer * w).sum(), (zp,))
@@ -211,23 +212,31 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
     assert_low_precision_ok(g_ours, g_peer, g_ref)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize(
-    "shape", [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5), (70000, 2, 3, 4), (1, 40, 1, 33), (1, 2_100_000, 2, 1)]
+    "shape, emulated",
+    [
+        ((0, 3, 4, 5), None),
+        ((2, 0, 4, 5), None),
+        ((2, 3, 0, 5), None),
+        ((70000, 2, 3, 4), (7, 2, 3, 4)),
+        ((1, 40, 1, 33), None),
+        ((1, 2_100_000, 2, 1), (1, 100, 2, 1)),
+    ],
 )
-def test_cuda_edge_shapes_match_cpu(shape):
+def test_cuda_edge_shapes_match_cpu(gpu, shape, emulated):
     # empty batches (no launch), G > 65535 (the batched product loops over grid.z slices), M = 1, zero rows, more
-    # than 65535 row tiles of 32 (grid.y slices)
-    G, N, M, F = shape
+    # than 65535 row tiles of 32 (grid.y slices); the emulator reaches the slicing with a device of 3 x 2 x 3 blocks
+    G, N, M, F = gpu.pick(shape, emulated or shape)
     z_s, z_t = make_pair(G, N, M, F, torch.float64, "cpu", 9, zero_rows=True, duplicate=True)
-    a, b = z_s.cuda().requires_grad_(), z_t.cuda().requires_grad_()
-    out = lvmmed_ext.global_affinity(a, b)
+    w = torch.randn(G, N, M, dtype=torch.float64)
+    a, b = z_s.to(gpu.device).requires_grad_(), z_t.to(gpu.device).requires_grad_()
+    with gpu, gpu.device_limits(max_grid_x=3, max_grid_y=2, max_grid_z=3):
+        out = lvmmed_ext.global_affinity(a, b)
+        g_gpu = torch.autograd.grad((out * w.to(gpu.device)).sum(), (a, b), allow_unused=True)
     assert out.shape == (G, N, M)
     assert_matches_reference(out.cpu(), lvmmed_ext.global_affinity(z_s, z_t), torch.float64)
     if N > 0:
         assert (out[:, 0] == 0).all()  # zero vectors: cosine 0
-    w = torch.randn(G, N, M, dtype=torch.float64)
-    g_gpu = torch.autograd.grad((out * w.cuda()).sum(), (a, b), allow_unused=True)
     a, b = z_s.clone().requires_grad_(), z_t.clone().requires_grad_()
     g_cpu = torch.autograd.grad((lvmmed_ext.global_affinity(a, b) * w).sum(), (a, b), allow_unused=True)
     for x, y in zip(g_gpu, g_cpu):

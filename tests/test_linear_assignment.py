@@ -153,13 +153,24 @@ def test_errors(score, exc, match):
 
 
 # ----------------------------------------------------------------------------------------------- CUDA
-@pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(1, 1, 1), (500, 16, 16), (7, 33, 40), (5, 40, 33), (3, 256, 256), (2, 300, 700)])
+@pytest.mark.parametrize(
+    "shape, emulated",
+    [
+        ((1, 1, 1), None),
+        ((500, 16, 16), (20, 16, 16)),
+        ((7, 33, 40), (3, 33, 40)),
+        ((5, 40, 33), (3, 40, 33)),
+        ((3, 256, 256), (1, 100, 100)),
+        ((2, 300, 700), (1, 300, 700)),  # 48 808 B of scratch: the shared-memory opt-in
+    ],
+)
 @pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_exact_and_matches_cpu(shape, partial, dtype):
+def test_cuda_exact_and_matches_cpu(gpu, shape, emulated, partial, dtype):
+    shape = gpu.pick(shape, emulated or shape)
     S = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-    X = lvmmed_ext.linear_assignment(S.cuda(), partial=partial).cpu()
+    with gpu:
+        X = lvmmed_ext.linear_assignment(S.to(gpu.device), partial=partial).cpu()
     assert_valid(X, partial)
     tol = 1e-9 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(
@@ -171,41 +182,53 @@ def test_cuda_exact_and_matches_cpu(shape, partial, dtype):
     assert_optimal(X[:3], S[:3], True, partial, rtol=tol)
 
 
-@pytest.mark.cuda
-def test_cuda_ties_are_deterministic():
-    S = torch.randint(0, 3, (1000, 16, 16), device="cuda").float()
-    a, b = lvmmed_ext.linear_assignment(S), lvmmed_ext.linear_assignment(S)
+def test_cuda_ties_are_deterministic(gpu):
+    S = torch.randint(0, 3, (gpu.pick(1000, 40), 16, 16), generator=torch.Generator().manual_seed(0)).float()
+    with gpu:
+        a = lvmmed_ext.linear_assignment(S.to(gpu.device))
+        b = lvmmed_ext.linear_assignment(S.to(gpu.device))
     assert torch.equal(a, b)
     assert_valid(a.cpu(), False)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(0, 4, 4), (3, 0, 5), (3, 5, 0), (4, 1, 1), (4, 1, 6), (4, 6, 1), (3, 9, 4)])
 @pytest.mark.parametrize("partial", [False, True])
-def test_cuda_edge_shapes_match_cpu_exactly(shape, partial):
+def test_cuda_edge_shapes_match_cpu_exactly(gpu, shape, partial):
     # empty batches, N = 1, M = 1 and N > M (every column matched, or partial): the same assignment as the CPU
     S = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    X = lvmmed_ext.linear_assignment(S.cuda(), partial=partial)
-    assert X.shape == shape and X.device.type == "cuda"
+    with gpu:
+        X = lvmmed_ext.linear_assignment(S.to(gpu.device), partial=partial)
+    assert X.shape == shape and X.device.type == gpu.device.type
     assert_valid(X.cpu(), partial)
     assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S, partial=partial))
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("shape", [(200, 12, 12), (50, 7, 19), (50, 19, 7)])
-def test_cuda_ties_match_cpu_exactly(shape, partial):
+def test_cuda_ties_match_cpu_exactly(gpu, shape, partial):
     # integer scores are full of exact ties: the CUDA team and the CPU use the same reduced costs and tie rules
+    shape = gpu.pick(shape, (min(shape[0], 30), *shape[1:]))
     S = torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(3)).double()
     for dtype in (torch.float64, torch.float32):
-        X = lvmmed_ext.linear_assignment(S.to(dtype).cuda(), partial=partial).cpu()
+        with gpu:
+            X = lvmmed_ext.linear_assignment(S.to(dtype).to(gpu.device), partial=partial).cpu()
         assert torch.equal(X, lvmmed_ext.linear_assignment(S.to(dtype), partial=partial))
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision_is_solved_in_float32(dtype):
+def test_cuda_half_precision_is_solved_in_float32(gpu, dtype):
     S = torch.randint(-4, 5, (8, 6, 9), generator=torch.Generator().manual_seed(4)).to(dtype)
-    X = lvmmed_ext.linear_assignment(S.cuda())
+    with gpu:
+        X = lvmmed_ext.linear_assignment(S.to(gpu.device))
     assert X.dtype == dtype
     assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S))
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_cuda_global_workspace_and_grid_stride_match_cpu(gpu, partial):
+    # the team kernel's other two paths: scratch in a global workspace (the device's opt-in limit below one team's
+    # scratch), and fewer blocks than problems (blocks loop over the problems)
+    S = torch.randn(9, 20, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with gpu, gpu.device_limits(smem_per_block_optin=2048, max_grid_x=4):
+        X = lvmmed_ext.linear_assignment(S.to(gpu.device), partial=partial)
+    assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S, partial=partial))

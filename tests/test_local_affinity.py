@@ -386,7 +386,7 @@ def test_backward_op_checks_its_arguments():
 
 # ----------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
-def test_mixed_devices_error():
+def test_mixed_devices_error():  # the real device only: the emulated backend has one device, the CPU
     with pytest.raises(ValueError, match="same device"):
         lvmmed_ext.local_affinity(torch.randn(1, 3, 4, 5, device="cuda"), torch.randn(1, 3, 4, 5))
     with pytest.raises(ValueError, match="y_s and pos_s must be on the same device"):
@@ -394,53 +394,73 @@ def test_mixed_devices_error():
         lvmmed_ext.local_affinity(y, y, torch.rand(1, 3, 4, 2), torch.rand(1, 3, 4, 2, device="cuda"))
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
-    "shape", [(1, 1, 1, 1, 1, 1), (3, 4, 5, 7, 6, 33), (2, 16, 16, 49, 49, 256), (1, 3, 2, 196, 200, 64)]
+    "shape, emulated",
+    [
+        ((1, 1, 1, 1, 1, 1), None),
+        ((3, 4, 5, 7, 6, 33), None),
+        ((2, 16, 16, 49, 49, 256), (1, 4, 5, 49, 49, 64)),
+        ((1, 3, 2, 196, 200, 64), (1, 2, 2, 196, 200, 16)),
+    ],
 )
 @pytest.mark.parametrize("positions", [False, True])
-def test_cuda_matches_reference_and_cpu(dtype, shape, positions):
-    G, N, M, P, Q, D = shape
-    y_s, y_t = make_maps(G, N, M, P, Q, D, dtype, "cuda", 27, zero=True, dup=True)
-    pos = make_positions(G, N, M, P, Q, "cuda", 28) if positions else (None, None)
+def test_cuda_matches_reference_and_cpu(gpu, dtype, shape, emulated, positions):
+    G, N, M, P, Q, D = gpu.pick(shape, emulated or shape)
+    y_s, y_t = make_maps(G, N, M, P, Q, D, dtype, gpu.device, 27, zero=True, dup=True)
+    pos = make_positions(G, N, M, P, Q, gpu.device, 28) if positions else (None, None)
     kw = {"top_loc": 20, "top_feat": 30}
-    out = lvmmed_ext.local_affinity(y_s, y_t, *pos, **kw)
+    w = torch.randn(G, N, M, dtype=dtype)
+    with gpu:
+        out = lvmmed_ext.local_affinity(y_s, y_t, *pos, **kw)
+        g_gpu = torch.autograd.grad(
+            (lvmmed_ext.local_affinity(y_s.requires_grad_(), y_t.requires_grad_(), *pos, **kw) * w.to(gpu.device)).sum(),
+            (y_s, y_t),
+        )
+    y_s, y_t = y_s.detach(), y_t.detach()
     if P * Q * N * M <= 5000:
         assert_matches_reference(out, reference.local_affinity(y_s, y_t, *pos, **kw), dtype)
     cpu_pos = tuple(p.cpu() if p is not None else None for p in pos)
     assert_matches_reference(out, lvmmed_ext.local_affinity(y_s.cpu(), y_t.cpu(), *cpu_pos, **kw), dtype)
-    w = torch.randn_like(out)
-    g_gpu = torch.autograd.grad(
-        (lvmmed_ext.local_affinity(y_s.requires_grad_(), y_t.requires_grad_(), *pos, **kw) * w).sum(), (y_s, y_t)
-    )
-    a, b = y_s.detach().cpu().requires_grad_(), y_t.detach().cpu().requires_grad_()
-    g_cpu = torch.autograd.grad((lvmmed_ext.local_affinity(a, b, *cpu_pos, **kw) * w.cpu()).sum(), (a, b))
+    a, b = y_s.cpu().requires_grad_(), y_t.cpu().requires_grad_()
+    g_cpu = torch.autograd.grad((lvmmed_ext.local_affinity(a, b, *cpu_pos, **kw) * w).sum(), (a, b))
     for x, y in zip(g_gpu, g_cpu):
         assert_matches_reference(x, y, dtype)
 
 
-@pytest.mark.cuda
-def test_cuda_chunked_gram_products_match_cpu():
-    for G, N, M, P, Q in [(1, 65, 64, 64, 64), (3, 64, 64, 45, 45)]:
-        y_s, y_t = make_maps(G, N, M, P, Q, 8, torch.float64, "cuda", 29)
-        out = lvmmed_ext.local_affinity(y_s, y_t, top_feat=7)
-        assert_matches_reference(out, lvmmed_ext.local_affinity(y_s.cpu(), y_t.cpu(), top_feat=7), torch.float64)
+def test_cuda_chunked_gram_products_match_cpu(gpu):
+    # more than 2^24 Gram elements per graph (chunks of source nodes, whose backward contributions to y_t add up) or
+    # per batch (chunks of graphs); the emulator runs one graph of 3 nodes split into chunks of 2 + 1 (few, large
+    # pairs: it pays per pair), gradients included
+    shapes = gpu.pick([(1, 65, 64, 64, 64, 8), (3, 64, 64, 45, 45, 8)], [(1, 3, 2, 2048, 2048, 1)])
+    for G, N, M, P, Q, D in shapes:
+        y_s, y_t = make_maps(G, N, M, P, Q, D, torch.float64, gpu.device, 29)
+        w = torch.randn(G, N, M, dtype=torch.float64)
+        with gpu:
+            a, b = y_s.clone().requires_grad_(), y_t.clone().requires_grad_()
+            out = lvmmed_ext.local_affinity(a, b, top_feat=7)
+            g_gpu = torch.autograd.grad((out * w.to(gpu.device)).sum(), (a, b))
+        a, b = y_s.cpu().requires_grad_(), y_t.cpu().requires_grad_()
+        want = lvmmed_ext.local_affinity(a, b, top_feat=7)
+        assert_matches_reference(out, want, torch.float64)
+        for x, y in zip(g_gpu, torch.autograd.grad((want * w).sum(), (a, b))):
+            assert_matches_reference(x, y, torch.float64)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-def test_cuda_low_precision_within_2x_of_torch(dtype):
-    y_s, y_t = make_maps(3, 8, 8, 9, 9, 64, dtype, "cuda", 30)
-    pos = make_positions(3, 8, 8, 9, 9, "cuda", 31)
-    out = lvmmed_ext.local_affinity(y_s, y_t, *pos, top_loc=4)
+def test_cuda_low_precision_within_2x_of_torch(gpu, dtype):
+    y_s, y_t = make_maps(3, 8, 8, 9, 9, 64, dtype, gpu.device, 30)
+    pos = make_positions(3, 8, 8, 9, 9, gpu.device, 31)
+    w = torch.randn(3, 8, 8, dtype=dtype, device=gpu.device)
+    with gpu:
+        out = lvmmed_ext.local_affinity(y_s, y_t, *pos, top_loc=4)
+        (g_ours,) = torch.autograd.grad(
+            (lvmmed_ext.local_affinity(y_s.requires_grad_(), y_t, *pos, top_loc=4) * w).sum(), (y_s,)
+        )
+    y_s = y_s.detach()
     assert out.dtype == dtype
     peer = reference.local_affinity(y_s, y_t, *pos, top_loc=4, dtype=dtype)
     assert_low_precision_ok(out, peer, reference.local_affinity(y_s, y_t, *pos, top_loc=4))
-    w = torch.randn_like(out)
-    (g_ours,) = torch.autograd.grad(
-        (lvmmed_ext.local_affinity(y_s.requires_grad_(), y_t, *pos, top_loc=4) * w).sum(), (y_s,)
-    )
     yp = y_s.detach().requires_grad_()
     (g_peer,) = torch.autograd.grad((reference.local_affinity(yp, y_t, *pos, top_loc=4, dtype=dtype) * w).sum(), (yp,))
     a = y_s.detach().double().requires_grad_()
@@ -448,7 +468,6 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
     assert_low_precision_ok(g_ours, g_peer, g_ref)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "shape,kw",
@@ -459,47 +478,54 @@ def test_cuda_low_precision_within_2x_of_torch(dtype):
         ((3, 4, 1, 11, 1, 5), {"top_loc": 1, "top_feat": 1}),  # Q = 1
     ],
 )
-def test_cuda_ties_and_zero_vectors_select_like_cpu(dtype, shape, kw):
+def test_cuda_ties_and_zero_vectors_select_like_cpu(gpu, dtype, shape, kw):
     # integer maps on integer grids: exact feature and location ties everywhere (the lower index wins in the
     # nearest neighbours and in the top-k) and zero vectors (cosine 0): the recorded selections equal the CPU's
     G, N, M, P, Q, D = shape
     y_s, y_t = make_maps(G, N, M, P, Q, D, dtype, "cpu", 40, zero=True, integer=True)
     pos = make_positions(G, N, M, P, Q, "cpu", 41, grid=True)
-    out, m = torch.ops.lvmmed.local_affinity(
-        y_s.cuda(), y_t.cuda(), pos[0].cuda(), pos[1].cuda(), kw["top_loc"], kw["top_feat"]
-    )
+    dev = [t.to(gpu.device) for t in (y_s, y_t, *pos)]
+    with gpu:
+        out, m = torch.ops.lvmmed.local_affinity(*dev, kw["top_loc"], kw["top_feat"])
+        out2, m2 = torch.ops.lvmmed.local_affinity(dev[0], dev[1], None, None, kw["top_loc"], kw["top_feat"])
     out_cpu, m_cpu = torch.ops.lvmmed.local_affinity(y_s, y_t, *pos, kw["top_loc"], kw["top_feat"])
     assert torch.equal(m.cpu(), m_cpu)
     assert_matches_reference(out, out_cpu, dtype)
-    out, m = torch.ops.lvmmed.local_affinity(y_s.cuda(), y_t.cuda(), None, None, kw["top_loc"], kw["top_feat"])
     out_cpu, m_cpu = torch.ops.lvmmed.local_affinity(y_s, y_t, None, None, kw["top_loc"], kw["top_feat"])
-    assert torch.equal(m.cpu(), m_cpu)
-    assert_matches_reference(out, out_cpu, dtype)
+    assert torch.equal(m2.cpu(), m_cpu)
+    assert_matches_reference(out2, out_cpu, dtype)
 
 
-@pytest.mark.cuda
-def test_cuda_empty_batches_and_zero_maps():
-    dev = "cuda"
-    assert lvmmed_ext.local_affinity(
-        torch.randn(0, 3, 4, 5, device=dev), torch.randn(0, 2, 4, 5, device=dev)
-    ).shape == (
-        0,
-        3,
-        2,
-    )
-    assert lvmmed_ext.local_affinity(
-        torch.randn(2, 0, 4, 5, device=dev), torch.randn(2, 2, 4, 5, device=dev)
-    ).shape == (
-        2,
-        0,
-        2,
-    )
-    y_s = torch.randn(2, 3, 4, 5, device=dev, requires_grad=True)
-    lvmmed_ext.local_affinity(y_s, torch.randn(2, 0, 4, 5, device=dev)).sum().backward()
-    assert (y_s.grad == 0).all()
-    y_s = torch.zeros(1, 2, 3, 4, device=dev, requires_grad=True)
-    y_t = torch.randn(1, 2, 3, 4, device=dev, requires_grad=True)
-    out = lvmmed_ext.local_affinity(y_s, y_t)
-    assert (out == 0).all()
-    out.sum().backward()
+def test_cuda_empty_batches_and_zero_maps(gpu):
+    dev = gpu.device
+    with gpu:
+        assert lvmmed_ext.local_affinity(torch.randn(0, 3, 4, 5, device=dev), torch.randn(0, 2, 4, 5, device=dev)).shape == (0, 3, 2)
+        assert lvmmed_ext.local_affinity(torch.randn(2, 0, 4, 5, device=dev), torch.randn(2, 2, 4, 5, device=dev)).shape == (2, 0, 2)
+        y_s = torch.randn(2, 3, 4, 5, device=dev, requires_grad=True)
+        lvmmed_ext.local_affinity(y_s, torch.randn(2, 0, 4, 5, device=dev)).sum().backward()
+        assert (y_s.grad == 0).all()
+        y_s = torch.zeros(1, 2, 3, 4, device=dev, requires_grad=True)
+        y_t = torch.randn(1, 2, 3, 4, device=dev, requires_grad=True)
+        out = lvmmed_ext.local_affinity(y_s, y_t)
+        assert (out == 0).all()
+        out.sum().backward()
     assert (y_s.grad == 0).all() and y_t.grad.isfinite().all()
+
+
+def test_cuda_grid_stride_and_largest_maps_match_cpu(gpu):
+    # P = 4000 (kLocalAffinityMaxCells: 48 000 B of dynamic shared memory, under the 48 KB without opt-in) on a device
+    # of at most 2 blocks per grid: every kernel strides over the pairs and rows; Q small, everything kept (no top-k
+    # ranking: the emulator's time goes to the shared-memory footprint, not to 16M comparisons)
+    y_s, y_t = make_maps(1, 2, 2, 4000, 16, 3, torch.float64, "cpu", 42, integer=True)
+    pos = make_positions(1, 2, 2, 4000, 16, "cpu", 43, grid=True)
+    w = torch.randn(1, 2, 2, dtype=torch.float64)
+    dev = [t.to(gpu.device) for t in (y_s, y_t, *pos)]
+    with gpu, gpu.device_limits(max_grid_x=2):
+        a, b = dev[0].requires_grad_(), dev[1].requires_grad_()
+        out = lvmmed_ext.local_affinity(a, b, *dev[2:], top_loc=4000)
+        g_gpu = torch.autograd.grad((out * w.to(gpu.device)).sum(), (a, b))
+    a, b = y_s.requires_grad_(), y_t.requires_grad_()
+    want = lvmmed_ext.local_affinity(a, b, *pos, top_loc=4000)
+    assert_matches_reference(out, want, torch.float64)
+    for x, y in zip(g_gpu, torch.autograd.grad((want * w).sum(), (a, b))):
+        assert_matches_reference(x, y, torch.float64)

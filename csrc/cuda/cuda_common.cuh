@@ -4,7 +4,20 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "lvmmed/common.h"
+
+// The two spellings the kernels use instead of CUDA's own syntax, so that the CPU emulator (csrc/emu, which defines
+// them itself) compiles the very same kernel bodies:
+//   LVMMED_LAUNCH(grid, block, smem, stream, kernel)(args...)   is   kernel<<<grid, block, smem, stream>>>(args...)
+//   LVMMED_SHARED(T, name, [dims]);                              is   __shared__ T name[dims];
+//   LVMMED_DYNAMIC_SHARED(T, name);                              is   extern __shared__ __align__(8) T name[];
+#ifndef LVMMED_EMULATED
+#define LVMMED_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define LVMMED_SHARED(T, name, dims) __shared__ T name dims
+#define LVMMED_DYNAMIC_SHARED(T, name) extern __shared__ __align__(8) T name[]
+#endif
 
 // Return the error of a launch or runtime call from the enclosing launcher.
 #define LVMMED_CUDA_TRY(expr)             \
@@ -59,11 +72,26 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
-constexpr int kMaxGridY = 65535;
-constexpr int kMaxGridZ = 65535;
-
 inline unsigned ceil_div(index_t a, index_t b) {
   return static_cast<unsigned>((a + b - 1) / b);
+}
+
+// The current device's largest grid along x (axis 0), y (1) or z (2): 2^31 - 1, 65535, 65535 on sm_80/sm_90.
+inline index_t max_grid_dim(int axis) {
+  const cudaDeviceAttr attr =
+      axis == 0 ? cudaDevAttrMaxGridDimX : (axis == 1 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ);
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess || v <= 0) {
+    cudaGetLastError();  // a failed query must not leave an error behind for the next launch check
+    return axis == 0 ? 2147483647 : 65535;
+  }
+  return v;
+}
+
+// Blocks per launch of the grid-stride kernels (they loop over the rest): at most 2^20, and the device's limit.
+constexpr index_t kGridStrideCap = index_t{1} << 20;
+inline unsigned grid_stride_blocks(index_t blocks) {
+  return static_cast<unsigned>(std::max<index_t>(1, std::min({blocks, kGridStrideCap, max_grid_dim(0)})));
 }
 
 // Calls fn(T{}) with T the C++ type of `dtype`; returns cudaErrorInvalidValue for an unknown tag.

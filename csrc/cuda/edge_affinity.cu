@@ -7,11 +7,6 @@ namespace lvmmed::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr index_t kMaxGrid = index_t{1} << 20;
-
-unsigned grid_for(index_t blocks) {
-  return static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
-}
 
 template <typename T, typename A_t>
 __global__ void edge_vectors_kernel(const T* __restrict__ z, const std::int64_t* __restrict__ edges, T* __restrict__ d,
@@ -51,8 +46,8 @@ cudaError_t edge_vectors(DType dtype, const void* z, const std::int64_t* edges, 
   if (total == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    edge_vectors_kernel<T, acc_t<T>><<<grid_for(ceil_div(total, kThreads)), kThreads, 0, stream>>>(
-        static_cast<const T*>(z), edges, static_cast<T*>(d), s);
+    LVMMED_LAUNCH(grid_stride_blocks(ceil_div(total, kThreads)), kThreads, 0, stream, edge_vectors_kernel<T, acc_t<T>>)
+    (static_cast<const T*>(z), edges, static_cast<T*>(d), s);
     return cudaGetLastError();
   });
 }
@@ -63,8 +58,8 @@ cudaError_t edge_vectors_backward(DType dtype, const void* grad_d, const std::in
   if (nodes == 0 || s.F == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    edge_vectors_backward_kernel<T, acc_t<T>>
-        <<<grid_for(nodes), kThreads, 0, stream>>>(static_cast<const T*>(grad_d), edges, static_cast<T*>(grad_z), s);
+    LVMMED_LAUNCH(grid_stride_blocks(nodes), kThreads, 0, stream, edge_vectors_backward_kernel<T, acc_t<T>>)
+    (static_cast<const T*>(grad_d), edges, static_cast<T*>(grad_z), s);
     return cudaGetLastError();
   });
 }

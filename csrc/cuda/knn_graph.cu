@@ -10,14 +10,13 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr index_t kMaxGrid = index_t{1} << 20;
 
 template <typename T, typename A_t>
 __global__ void __launch_bounds__(kThreads)
     knn_graph_kernel(const T* __restrict__ z, std::int64_t* __restrict__ edges, KnnGraphShape s) {
-  extern __shared__ double smem[];  // dist [N] (A_t), then taken [N] (bytes)
-  __shared__ A_t best_v[kWarps];
-  __shared__ int best_i[kWarps];
+  LVMMED_DYNAMIC_SHARED(double, smem);  // dist [N] (A_t), then taken [N] (bytes)
+  LVMMED_SHARED(A_t, best_v, [kWarps]);
+  LVMMED_SHARED(int, best_i, [kWarps]);
   A_t* dist = reinterpret_cast<A_t*>(smem);
   unsigned char* taken = reinterpret_cast<unsigned char*>(dist + s.N);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -86,8 +85,8 @@ cudaError_t knn_graph(DType dtype, const void* z, std::int64_t* edges, KnnGraphS
     using T = decltype(tag);
     using A_t = acc_t<T>;
     const size_t smem = static_cast<size_t>(s.N) * (sizeof(A_t) + 1);
-    const unsigned grid = static_cast<unsigned>(rows < kMaxGrid ? rows : kMaxGrid);
-    knn_graph_kernel<T, A_t><<<grid, kThreads, smem, stream>>>(static_cast<const T*>(z), edges, s);
+    LVMMED_LAUNCH(grid_stride_blocks(rows), kThreads, smem, stream, knn_graph_kernel<T, A_t>)
+    (static_cast<const T*>(z), edges, s);
     return cudaGetLastError();
   });
 }

@@ -22,8 +22,8 @@ template <typename T>
 __global__ void __launch_bounds__(512)
     lap_kernel(const T* __restrict__ score, std::int64_t* __restrict__ assign, LapShape s, bool maximize, bool partial,
                double* duals, unsigned char* workspace, index_t bytes, bool use_smem) {
-  extern __shared__ __align__(8) unsigned char smem[];
-  __shared__ detail::Best red[kTeamMaxWarps];
+  LVMMED_DYNAMIC_SHARED(unsigned char, smem);
+  LVMMED_SHARED(detail::Best, red, [kTeamMaxWarps]);
   const BlockTeam team{red};
   unsigned char* base = use_smem ? smem : workspace + static_cast<index_t>(blockIdx.x) * bytes;
   const index_t big = s.N > s.M ? s.N : s.M;
@@ -48,8 +48,8 @@ cudaError_t launch(const T* score, std::int64_t* assign, void* workspace, LapSha
   if (s.G == 0 || s.N == 0) return cudaSuccess;
   const TeamLaunch l = lap_launch(s, partial);
   LVMMED_CUDA_TRY(prepare_team_kernel(lap_kernel<T>, l));
-  lap_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      score, assign, s, maximize, partial, duals, static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
+  LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, lap_kernel<T>)
+  (score, assign, s, maximize, partial, duals, static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }
 

@@ -12,7 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr index_t kMaxGrid = index_t{1} << 20;  // blocks per launch; kernels stride over the rest
 
 // (value, index) pairs ordered by value, then index: equal values go to the lower index.
 template <typename V>
@@ -92,8 +91,8 @@ __global__ void __launch_bounds__(kThreads)
                          const A_t* __restrict__ sq_t, const A_t* __restrict__ inv_t, const double* __restrict__ pos_s,
                          const double* __restrict__ pos_t, T* __restrict__ out, std::int32_t* __restrict__ matches,
                          LocalAffinityShape s, GramChunk c) {
-  extern __shared__ double smem[];  // dist [L] then nn [L], L = max(P, Q)
-  __shared__ A_t scratch[kWarps];
+  LVMMED_DYNAMIC_SHARED(double, smem);  // dist [L] then nn [L], L = max(P, Q)
+  LVMMED_SHARED(A_t, scratch, [kWarps]);
   const index_t P = s.P, Q = s.Q, M = s.M, MQ = s.M * s.Q, W = s.match_width();
   double* dist = smem;
   int* nn = reinterpret_cast<int*>(smem + (P > Q ? P : Q));
@@ -208,15 +207,11 @@ __global__ void flag_nonfinite_kernel(const double* __restrict__ x, index_t n, i
     if (!isfinite(x[k])) atomicOr(flag, 1);
 }
 
-unsigned grid_for(index_t blocks) {
-  return static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
-}
-
 }  // namespace
 
 cudaError_t flag_nonfinite(const double* x, index_t n, int* nonfinite, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  flag_nonfinite_kernel<<<grid_for(ceil_div(n, kThreads)), kThreads, 0, stream>>>(x, n, nonfinite);
+  LVMMED_LAUNCH(grid_stride_blocks(ceil_div(n, kThreads)), kThreads, 0, stream, flag_nonfinite_kernel)(x, n, nonfinite);
   return cudaGetLastError();
 }
 
@@ -230,8 +225,8 @@ cudaError_t local_affinity_forward(DType dtype, const void* gram, const void* sq
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A_t = acc_t<T>;
-    local_forward_kernel<T, A_t><<<grid_for(pairs), kThreads, smem, stream>>>(
-        static_cast<const A_t*>(gram), static_cast<const A_t*>(sq_s), static_cast<const A_t*>(inv_s),
+    LVMMED_LAUNCH(grid_stride_blocks(pairs), kThreads, smem, stream, local_forward_kernel<T, A_t>)
+    (static_cast<const A_t*>(gram), static_cast<const A_t*>(sq_s), static_cast<const A_t*>(inv_s),
         static_cast<const A_t*>(sq_t), static_cast<const A_t*>(inv_t), pos_s, pos_t, static_cast<T*>(out), matches, s,
         c);
     return cudaGetLastError();
@@ -246,8 +241,8 @@ cudaError_t local_affinity_backward_coefficients(DType dtype, const void* grad, 
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A_t = acc_t<T>;
-    local_coefficients_kernel<T, A_t><<<grid_for(pairs), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad), static_cast<const A_t*>(inv_s), static_cast<const A_t*>(inv_t), matches,
+    LVMMED_LAUNCH(grid_stride_blocks(pairs), kThreads, 0, stream, local_coefficients_kernel<T, A_t>)
+    (static_cast<const T*>(grad), static_cast<const A_t*>(inv_s), static_cast<const A_t*>(inv_t), matches,
         static_cast<T*>(c_s), static_cast<T*>(c_t), s, c);
     return cudaGetLastError();
   });

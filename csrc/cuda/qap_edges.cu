@@ -25,8 +25,8 @@ template <typename T>
 __global__ void __launch_bounds__(512)
     edge_product_kernel(const T* __restrict__ X, QAPInputs<T> in, T* __restrict__ out, QAPShape s, EdgeMode mode,
                         unsigned char* workspace, index_t bytes, bool use_smem) {
-  extern __shared__ __align__(8) unsigned char smem[];
-  __shared__ detail::Best red[kTeamMaxWarps];
+  LVMMED_DYNAMIC_SHARED(unsigned char, smem);
+  LVMMED_SHARED(detail::Best, red, [kTeamMaxWarps]);
   const BlockTeam team{red};
   int* base = reinterpret_cast<int*>(use_smem ? smem : workspace + static_cast<index_t>(blockIdx.x) * bytes);
   for (index_t g = blockIdx.x; g < s.G; g += gridDim.x) {
@@ -68,7 +68,7 @@ __device__ double block_sum(double v, double* red) {
 template <typename T>
 __global__ void __launch_bounds__(256)
     edge_objective_kernel(const T* __restrict__ X, QAPInputs<T> in, T* __restrict__ out, QAPShape s) {
-  __shared__ double red[kTeamMaxWarps];
+  LVMMED_SHARED(double, red, [kTeamMaxWarps]);
   for (index_t g = blockIdx.x; g < s.G; g += gridDim.x) {
     const auto gr = detail::graph_of(in, s, g);
     const T* x = X + g * s.N * s.M;
@@ -108,8 +108,8 @@ cudaError_t launch_product(const void* X, const QAPInputs<void>& in, void* out, 
   if (s.G == 0 || s.N * s.M == 0) return cudaSuccess;
   const TeamLaunch l = edges_launch(s);
   LVMMED_CUDA_TRY(prepare_team_kernel(edge_product_kernel<T>, l));
-  edge_product_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s, mode,
+  LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, edge_product_kernel<T>)
+  (static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s, mode,
       static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }
@@ -137,8 +137,8 @@ cudaError_t qap_edge_objective(DType dtype, const void* X, QAPInputs<void> in, v
   if (s.G == 0) return cudaSuccess;
   return by_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    edge_objective_kernel<T><<<static_cast<unsigned>(std::min<index_t>(s.G, index_t{1} << 30)), 256, 0, stream>>>(
-        static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s);
+    LVMMED_LAUNCH(grid_stride_blocks(s.G), 256, 0, stream, edge_objective_kernel<T>)
+    (static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s);
     return cudaGetLastError();
   });
 }
@@ -164,8 +164,8 @@ cudaError_t qap_quad_grad(DType dtype, const void* grad, const void* X, QAPInput
   if (total == 0) return cudaSuccess;
   return by_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const unsigned blocks = static_cast<unsigned>(std::min<index_t>(ceil_div(total, 256), index_t{1} << 20));
-    quad_grad_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(grad), static_cast<const T*>(X),
+    LVMMED_LAUNCH(grid_stride_blocks(ceil_div(total, 256)), 256, 0, stream, quad_grad_kernel<T>)
+    (static_cast<const T*>(grad), static_cast<const T*>(X),
                                                     typed_inputs<T>(in), static_cast<T*>(out), s);
     return cudaGetLastError();
   });

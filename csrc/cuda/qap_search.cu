@@ -27,8 +27,8 @@ __global__ void __launch_bounds__(kSearchThreads, 2)
     qap_search_kernel(QAPInputs<T> in, const T* init, std::int64_t* __restrict__ assign, QAPShape s,
                       detail::SearchPlan plan, bool partial, bool need_ga, unsigned char* workspace, index_t bytes,
                       bool use_smem) {
-  extern __shared__ __align__(8) unsigned char smem[];
-  __shared__ detail::Best red[kTeamMaxWarps];
+  LVMMED_DYNAMIC_SHARED(unsigned char, smem);
+  LVMMED_SHARED(detail::Best, red, [kTeamMaxWarps]);
   const BlockTeam team{red};
   void* ws = use_smem ? static_cast<void*>(smem) : static_cast<void*>(workspace + blockIdx.x * bytes);
   for (index_t g = blockIdx.x; g < s.G; g += gridDim.x) {
@@ -46,8 +46,8 @@ cudaError_t launch(const QAPInputs<void>& in, const void* init, std::int64_t* as
   const TeamLaunch l = search_launch(s, o);
   LVMMED_CUDA_TRY(prepare_team_kernel(qap_search_kernel<T>, l));
   const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
-  qap_search_kernel<T><<<l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream>>>(
-      typed_inputs<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
+  LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, qap_search_kernel<T>)
+  (typed_inputs<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
       static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }

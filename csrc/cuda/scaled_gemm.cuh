@@ -26,14 +26,14 @@ template <typename TA, typename TB, typename TC, typename A_t>
 __global__ void __launch_bounds__(kGemmTile* kGemmTile / kGemmRowsPerThread)
     scaled_gemm_kernel(const TA* __restrict__ a, Strides3 sa, const TB* __restrict__ b, Strides3 sb, TC* __restrict__ c,
                        Strides3 sc, Scales<A_t> scales, index_t rows, index_t cols, index_t K, index_t g0,
-                       index_t tile0) {
-  __shared__ A_t As[kGemmK][kGemmTile + 1];
-  __shared__ A_t Bs[kGemmK][kGemmTile + 1];
+                       index_t row_tile0, index_t col_tile0) {
+  LVMMED_SHARED(A_t, As, [kGemmK][kGemmTile + 1]);
+  LVMMED_SHARED(A_t, Bs, [kGemmK][kGemmTile + 1]);
   const index_t g = g0 + blockIdx.z;
   const int tx = threadIdx.x, ty = threadIdx.y;  // blockDim = (32, 8)
   const int tid = ty * kGemmTile + tx;
-  const index_t row0 = (tile0 + blockIdx.y) * kGemmTile;  // tile0: first row tile of this launch
-  const index_t col0 = static_cast<index_t>(blockIdx.x) * kGemmTile;
+  const index_t row0 = (row_tile0 + blockIdx.y) * kGemmTile;  // *_tile0: the first tiles of this launch
+  const index_t col0 = (col_tile0 + blockIdx.x) * kGemmTile;
   const TA* ag = a + g * sa.batch;
   const TB* bg = b + g * sb.batch;
   const A_t* ks = scales.k ? scales.k + g * K : nullptr;
@@ -78,15 +78,20 @@ cudaError_t scaled_gemm(const TA* a, Strides3 sa, const TB* b, Strides3 sb, TC* 
                         index_t G, index_t rows, index_t cols, index_t K, cudaStream_t stream) {
   if (G == 0 || rows == 0 || cols == 0) return cudaSuccess;
   const dim3 block(kGemmTile, kGemmTile / kGemmRowsPerThread);
-  const index_t row_tiles = (rows + kGemmTile - 1) / kGemmTile;
-  // grid.y and grid.z are at most 65535: slices of row tiles and of graphs
-  for (index_t g0 = 0; g0 < G; g0 += kMaxGridZ) {
-    const index_t gz = G - g0 < kMaxGridZ ? G - g0 : kMaxGridZ;
-    for (index_t t0 = 0; t0 < row_tiles; t0 += kMaxGridY) {
-      const index_t ty = row_tiles - t0 < kMaxGridY ? row_tiles - t0 : kMaxGridY;
-      const dim3 grid(ceil_div(cols, kGemmTile), static_cast<unsigned>(ty), static_cast<unsigned>(gz));
-      scaled_gemm_kernel<TA, TB, TC, A_t>
-          <<<grid, block, 0, stream>>>(a, sa, b, sb, c, sc, scales, rows, cols, K, g0, t0);
+  const index_t row_tiles = (rows + kGemmTile - 1) / kGemmTile, col_tiles = (cols + kGemmTile - 1) / kGemmTile;
+  // a grid has at most max_grid_dim(axis) blocks per axis (65535 along y and z): launches over slices of column
+  // tiles (x), row tiles (y) and graphs (z)
+  const index_t cap_x = max_grid_dim(0), cap_y = max_grid_dim(1), cap_z = max_grid_dim(2);
+  for (index_t g0 = 0; g0 < G; g0 += cap_z) {
+    for (index_t r0 = 0; r0 < row_tiles; r0 += cap_y) {
+      for (index_t c0 = 0; c0 < col_tiles; c0 += cap_x) {
+        const dim3 grid(static_cast<unsigned>(std::min(col_tiles - c0, cap_x)),
+                        static_cast<unsigned>(std::min(row_tiles - r0, cap_y)),
+                        static_cast<unsigned>(std::min(G - g0, cap_z)));
+        LVMMED_LAUNCH(grid, block, 0, stream, scaled_gemm_kernel<TA, TB, TC, A_t>)
+        (a, sa, b, sb, c, sc, scales, rows, cols, K, g0, r0, c0);
+        LVMMED_CUDA_TRY(cudaGetLastError());
+      }
     }
   }
   return cudaGetLastError();

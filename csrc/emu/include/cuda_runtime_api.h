@@ -1,0 +1,3 @@
+// Emulator stand-in for CUDA's <cuda_runtime_api.h> (see lvmmed_emu/cuda.h).
+#pragma once
+#include "lvmmed_emu/cuda.h"
