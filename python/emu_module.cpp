@@ -34,15 +34,29 @@ void toy(const at::Tensor& buf, c10::string_view name, int64_t n, at::IntArrayRe
   TORCH_CHECK(err == cudaSuccess, "CUDA error (emulated) ", cudaGetErrorName(err), ": ", cudaGetErrorString(err));
 }
 
+// float32 values rounded through the emulator's __half (bf16: __nv_bfloat16) and back.
+at::Tensor round_half(const at::Tensor& x, bool bf16) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, "x must be float32");
+  auto in = x.contiguous();
+  auto out = at::empty_like(in);
+  const float* src = in.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < in.numel(); ++i)
+    dst[i] = bf16 ? __bfloat162float(__float2bfloat16_rn(src[i])) : __half2float(__float2half_rn(src[i]));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lvmmed_emu, m) {
   lvmmed::glue::define_ops(m);
   m.def("toy(Tensor(a!) buf, str name, int n, int[] grid, int[] block, int smem, int opt_in) -> ()");
+  m.def("round_half(Tensor x, bool bf16) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lvmmed_emu, CPU, m) {
   m.impl("toy", &toy);
+  m.impl("round_half", &round_half);
 }
 
 PYBIND11_MODULE(_lvmmed_emu, m) {
@@ -107,6 +121,25 @@ PYBIND11_MODULE(_lvmmed_emu, m) {
   m.def("checks_on", &emu::checks_on, "Whether accesses are checked (on, and the kernels are instrumented).");
   m.def("instrumented", &emu::checker_compiled_in, "Whether the kernels were compiled with the access hooks.");
   m.def("launch_counts", &emu::launch_counts, "Launches per kernel name since the last reset.");
+  m.def(
+      "launch_stats",
+      [] {
+        py::dict out;
+        for (const auto& [name, st] : emu::launch_stats()) {
+          py::dict d;
+          d["launches"] = st.launches;
+          d["multi_block"] = st.multi_block;
+          d["multi_warp"] = st.multi_warp;
+          d["dynamic_smem"] = st.dynamic_smem;
+          d["no_dynamic_smem"] = st.no_dynamic_smem;
+          d["opt_in"] = st.opt_in;
+          d["at_grid_cap"] = st.at_grid_cap;
+          out[py::str(name)] = d;
+        }
+        return out;
+      },
+      "Per kernel since the last reset: launches, and how many had several blocks, several warps, dynamic shared "
+      "memory, none, more than 48 KB (opt-in), a grid at a lowered device limit.");
   m.def("reset_launch_counts", &emu::reset_launch_counts);
   m.def(
       "take_reports",

@@ -8,6 +8,7 @@ the emulated suite out (pyproject's addopts); ``pytest -q -m cuda_emulated`` run
 import os
 import zlib
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import emulator
 import pytest
@@ -30,8 +31,12 @@ DEVICES = ["cpu", *GPU_BACKENDS]
 LAST = "test_emulated_kernel_coverage"  # needs the launch counts of the whole emulated suite: runs last
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.name == LAST)
+    tests_dir = Path(__file__).parent.resolve()
+    whole_tree = all(Path(a.split("::")[0]).resolve() in (tests_dir, tests_dir.parent) for a in config.args)
+    config.stash[emulator.FULL_SUITE] = whole_tree and not config.option.keyword
     no_compile = pytest.mark.skip(
         reason="torch.compile does not trace through the emulator's dispatch mode (the fake kernels it needs are "
         "device-independent and compiled on the cpu)"

@@ -20,12 +20,14 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parent.parent
+FULL_SUITE = pytest.StashKey[bool]()  # set by conftest when the session selected the whole emulated suite
 _module = None
 
 

@@ -21,6 +21,7 @@ struct DeviceProps {
   int cc_major = 9, cc_minor = 0;
 };
 DeviceProps& device_props();
+// Back to the defaults; also forgets cudaFuncSetAttribute and the static shared memory sizes learnt from launches.
 void reset_device_props();
 
 // The order in which runnable threads of a block, and the blocks of a grid, are run: in index order, in reverse
@@ -34,7 +35,17 @@ void set_checks(bool on);
 bool checks_on();
 bool checker_compiled_in();
 
-// Launches per kernel name since the last reset (template arguments left out), and per-launch details.
+// Launches per kernel name since the last reset (template arguments left out), and what they covered.
+struct LaunchStats {
+  std::int64_t launches = 0;
+  std::int64_t multi_block = 0;     // with more than one block
+  std::int64_t multi_warp = 0;      // with more than one warp per block
+  std::int64_t dynamic_smem = 0;    // with dynamic shared memory
+  std::int64_t no_dynamic_smem = 0; // without (the team kernels' global-workspace path)
+  std::int64_t opt_in = 0;          // with more than 48 KB of shared memory per block (after cudaFuncSetAttribute)
+  std::int64_t at_grid_cap = 0;     // with a grid as large as a lowered device limit along some axis
+};
+std::map<std::string, LaunchStats> launch_stats();
 std::map<std::string, std::int64_t> launch_counts();
 void reset_launch_counts();
 

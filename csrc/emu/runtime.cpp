@@ -80,7 +80,7 @@ DeviceProps g_props;
 Schedule g_schedule = Schedule::Forward;
 std::uint64_t g_seed = 0;
 std::uint64_t g_launch_serial = 0;
-std::map<std::string, std::int64_t> g_launch_counts;
+std::map<std::string, LaunchStats> g_launch_stats;
 std::unordered_map<const void*, int> g_max_dynamic;       // cudaFuncAttributeMaxDynamicSharedMemorySize
 std::unordered_map<const void*, std::size_t> g_static_of;  // static shared bytes, once a block has run
 std::vector<Report> g_reports;
@@ -627,7 +627,8 @@ void run_launch(const LaunchConfig& cfg, ThreadBody body, const void* args) {
     return;
   }
   const std::string name = kernel_name(cfg.name);
-  ++g_launch_counts[name];
+  LaunchStats& stats = g_launch_stats[name];
+  ++stats.launches;
   const DeviceProps& d = g_props;
   const auto bad_config = [&](cudaError_t code, const std::string& why) {
     g_reports.push_back({"config", name, why});
@@ -710,6 +711,15 @@ void run_launch(const LaunchConfig& cfg, ThreadBody body, const void* args) {
   }
   g_body = nullptr;
   g_args = nullptr;
+  const DeviceProps defaults{};
+  stats.multi_block += blocks > 1;
+  stats.multi_warp += threads > kWarp;
+  stats.dynamic_smem += cfg.dynamic_smem > 0;
+  stats.no_dynamic_smem += cfg.dynamic_smem == 0;
+  stats.opt_in += cfg.dynamic_smem + g_static_of[cfg.kernel] > static_cast<std::size_t>(defaults.smem_per_block);
+  stats.at_grid_cap += (d.max_grid_x < defaults.max_grid_x && g.x == static_cast<unsigned>(d.max_grid_x)) ||
+                       (d.max_grid_y < defaults.max_grid_y && g.y == static_cast<unsigned>(d.max_grid_y)) ||
+                       (d.max_grid_z < defaults.max_grid_z && g.z == static_cast<unsigned>(d.max_grid_z));
   if (g_launch_reports > 0) {
     // the first described problems (a repeat of an already described one has an empty message)
     std::string detail = "lvmmed emulator: " + name + ": ";
@@ -748,18 +758,25 @@ void reset_device_props() {
   const std::lock_guard<std::recursive_mutex> lock(g_mutex);
   g_props = DeviceProps{};
   g_max_dynamic.clear();
+  g_static_of.clear();
 }
 void set_schedule(Schedule s, std::uint64_t seed) {
   g_schedule = s;
   g_seed = seed;
 }
+std::map<std::string, LaunchStats> launch_stats() {
+  const std::lock_guard<std::recursive_mutex> lock(g_mutex);
+  return g_launch_stats;
+}
 std::map<std::string, std::int64_t> launch_counts() {
   const std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  return g_launch_counts;
+  std::map<std::string, std::int64_t> out;
+  for (const auto& [name, st] : g_launch_stats) out[name] = st.launches;
+  return out;
 }
 void reset_launch_counts() {
   const std::lock_guard<std::recursive_mutex> lock(g_mutex);
-  g_launch_counts.clear();
+  g_launch_stats.clear();
 }
 std::vector<Report> take_reports() {
   const std::lock_guard<std::recursive_mutex> lock(g_mutex);
