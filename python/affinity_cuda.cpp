@@ -28,7 +28,7 @@ at::Tensor global_affinity_cuda(const at::Tensor& z_s, const at::Tensor& z_t) {
   auto out = at::empty({s.G, s.N, s.M}, zs.options());
   auto ws = cuda_workspace(cuda::global_affinity_forward_workspace_bytes(dt, s), zs);
   LVMMED_CUDA_CHECK(cuda::global_affinity_forward(dt, zs.const_data_ptr(), zt.const_data_ptr(), out.mutable_data_ptr(),
-                                               ws.mutable_data_ptr(), s, current_stream()));
+                                                  ws.mutable_data_ptr(), s, current_stream()));
   return out;
 }
 
@@ -43,8 +43,8 @@ std::tuple<at::Tensor, at::Tensor> global_affinity_backward_cuda(const at::Tenso
   auto grad_zs = at::empty_like(zs), grad_zt = at::empty_like(zt);
   auto ws = cuda_workspace(cuda::global_affinity_backward_workspace_bytes(dt, s), zs);
   LVMMED_CUDA_CHECK(cuda::global_affinity_backward(dt, g.const_data_ptr(), zs.const_data_ptr(), zt.const_data_ptr(),
-                                                grad_zs.mutable_data_ptr(), grad_zt.mutable_data_ptr(),
-                                                ws.mutable_data_ptr(), s, current_stream()));
+                                                   grad_zs.mutable_data_ptr(), grad_zt.mutable_data_ptr(),
+                                                   ws.mutable_data_ptr(), s, current_stream()));
   return {grad_zs, grad_zt};
 }
 
@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> row_norms_cuda(const at::Tensor& x, int64_t D
   auto inv = at::empty({rows}, opts);
   auto sq = with_sq ? at::empty({rows}, opts) : at::Tensor();
   LVMMED_CUDA_CHECK(cuda::row_norms(dt, x.const_data_ptr(), rows, D, with_sq ? sq.mutable_data_ptr() : nullptr,
-                                 inv.mutable_data_ptr(), flag, current_stream()));
+                                    inv.mutable_data_ptr(), flag, current_stream()));
   return {sq, inv};
 }
 
@@ -174,9 +174,9 @@ std::tuple<at::Tensor, at::Tensor> local_affinity_backward_cuda(const at::Tensor
     }
   }
   LVMMED_CUDA_CHECK(cuda::project_rows(dt, d_s.const_data_ptr(), ys.const_data_ptr(), inv_s.const_data_ptr(),
-                                    grad_ys.mutable_data_ptr(), s.G * s.N * s.P, s.D, stream));
+                                       grad_ys.mutable_data_ptr(), s.G * s.N * s.P, s.D, stream));
   LVMMED_CUDA_CHECK(cuda::project_rows(dt, d_t.const_data_ptr(), yt.const_data_ptr(), inv_t.const_data_ptr(),
-                                    grad_yt.mutable_data_ptr(), s.G * s.M * s.Q, s.D, stream));
+                                       grad_yt.mutable_data_ptr(), s.G * s.M * s.Q, s.D, stream));
   return {grad_ys, grad_yt};
 }
 
@@ -190,7 +190,7 @@ at::Tensor knn_graph_cuda(const at::Tensor& z, int64_t k) {
   const auto zc = z.contiguous();
   auto edges = at::empty({s.G, s.N * s.k, 2}, zc.options().dtype(at::kLong));
   LVMMED_CUDA_CHECK(cuda::knn_graph(cuda_dtype(zc, "z"), zc.const_data_ptr(), edges.mutable_data_ptr<int64_t>(), s,
-                                 current_stream()));
+                                    current_stream()));
   return edges;
 }
 
@@ -198,7 +198,7 @@ at::Tensor knn_graph_cuda(const at::Tensor& z, int64_t k) {
 at::Tensor edge_vectors_cuda(const at::Tensor& z, const at::Tensor& edges, const EdgeListShape& s) {
   auto d = at::empty({s.G, s.E, s.F}, z.options());
   LVMMED_CUDA_CHECK(cuda::edge_vectors(cuda_dtype(z, "z_s"), z.const_data_ptr(), edges.const_data_ptr<int64_t>(),
-                                    d.mutable_data_ptr(), s, current_stream()));
+                                       d.mutable_data_ptr(), s, current_stream()));
   return d;
 }
 
@@ -227,9 +227,9 @@ std::tuple<at::Tensor, at::Tensor> edge_affinity_backward_cuda(const at::Tensor&
   const DType dt = cuda_dtype(zs, "z_s");
   const auto stream = current_stream();
   LVMMED_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_ds.const_data_ptr(), es.const_data_ptr<int64_t>(),
-                                             grad_zs.mutable_data_ptr(), ss, stream));
+                                                grad_zs.mutable_data_ptr(), ss, stream));
   LVMMED_CUDA_CHECK(cuda::edge_vectors_backward(dt, grad_dt.const_data_ptr(), et.const_data_ptr<int64_t>(),
-                                             grad_zt.mutable_data_ptr(), st, stream));
+                                                grad_zt.mutable_data_ptr(), st, stream));
   return {grad_zs, grad_zt};
 }
 

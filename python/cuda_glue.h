@@ -15,9 +15,9 @@
 
 #ifdef LVMMED_EMULATED
 #define LVMMED_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(lvmmed_emu, CPU, m)
-#define LVMMED_CUDA_CHECK(expr)                                                                        \
-  do {                                                                                                 \
-    const cudaError_t lvmmed_err_ = (expr);                                                            \
+#define LVMMED_CUDA_CHECK(expr)                                                                          \
+  do {                                                                                                   \
+    const cudaError_t lvmmed_err_ = (expr);                                                              \
     TORCH_CHECK(lvmmed_err_ == cudaSuccess, "CUDA error (emulated): ", cudaGetErrorString(lvmmed_err_)); \
   } while (0)
 #else

@@ -28,9 +28,9 @@ void toy(const at::Tensor& buf, c10::string_view name, int64_t n, at::IntArrayRe
     return dim3(static_cast<unsigned>(d[0]), static_cast<unsigned>(d[1]), static_cast<unsigned>(d[2]));
   };
   const std::string kernel(name);
-  const cudaError_t err = lvmmed::toys::run_toy_kernel(kernel.c_str(), buf.data_ptr(), static_cast<int>(n), dim(grid),
-                                                       dim(block), static_cast<std::size_t>(smem),
-                                                       static_cast<int>(opt_in), nullptr);
+  const cudaError_t err =
+      lvmmed::toys::run_toy_kernel(kernel.c_str(), buf.data_ptr(), static_cast<int>(n), dim(grid), dim(block),
+                                   static_cast<std::size_t>(smem), static_cast<int>(opt_in), nullptr);
   TORCH_CHECK(err == cudaSuccess, "CUDA error (emulated) ", cudaGetErrorName(err), ": ", cudaGetErrorString(err));
 }
 
@@ -115,8 +115,7 @@ PYBIND11_MODULE(_lvmmed_emu, m) {
         else
           throw py::value_error("order must be 'forward', 'reverse' or 'shuffle', got '" + order + "'");
       },
-      py::arg("order"), py::arg("seed") = 0,
-      "Order in which the threads of a block and the blocks of a grid run.");
+      py::arg("order"), py::arg("seed") = 0, "Order in which the threads of a block and the blocks of a grid run.");
   m.def("set_checks", &emu::set_checks, py::arg("on"), "Turns the access checker on or off.");
   m.def("checks_on", &emu::checks_on, "Whether accesses are checked (on, and the kernels are instrumented).");
   m.def("instrumented", &emu::checker_compiled_in, "Whether the kernels were compiled with the access hooks.");

@@ -43,8 +43,8 @@ at::Tensor search_cuda(const QAPTensors& p, const std::optional<at::Tensor>& ini
   auto assign = at::empty({p.s.G, p.s.N}, p.unary.options().dtype(at::kLong));
   auto ws = cuda_workspace(cuda::qap_search_workspace_bytes(dt, p.s, o), p.unary);
   LVMMED_CUDA_CHECK(cuda::qap_search(dt, inputs_of(p), init.has_value() ? init->const_data_ptr() : nullptr,
-                                  assign.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(), p.s, o,
-                                  current_stream()));
+                                     assign.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(), p.s, o,
+                                     current_stream()));
   return assign;
 }
 
@@ -52,15 +52,14 @@ at::Tensor edge_gradient_cuda(const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty_like(p.unary);
   auto ws = cuda_workspace(cuda::qap_edge_workspace_bytes(p.s), p.unary);
   LVMMED_CUDA_CHECK(cuda::qap_edge_gradient(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
-                                         out.mutable_data_ptr(), p.s, ws.mutable_data_ptr(),
-                                         current_stream()));
+                                            out.mutable_data_ptr(), p.s, ws.mutable_data_ptr(), current_stream()));
   return out;
 }
 
 at::Tensor edge_objective_cuda(const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty({p.s.G}, p.unary.options());
   LVMMED_CUDA_CHECK(cuda::qap_edge_objective(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
-                                          out.mutable_data_ptr(), p.s, current_stream()));
+                                             out.mutable_data_ptr(), p.s, current_stream()));
   return out;
 }
 
@@ -68,15 +67,15 @@ at::Tensor lawler_product_cuda(const at::Tensor& X, const QAPTensors& p, bool tr
   auto out = at::empty_like(p.unary);
   auto ws = cuda_workspace(cuda::qap_edge_workspace_bytes(p.s), p.unary);
   LVMMED_CUDA_CHECK(cuda::qap_lawler_product(cuda_dtype(p.unary, "unary"), X.const_data_ptr(), inputs_of(p),
-                                          out.mutable_data_ptr(), transpose, p.s, ws.mutable_data_ptr(),
-                                          current_stream()));
+                                             out.mutable_data_ptr(), transpose, p.s, ws.mutable_data_ptr(),
+                                             current_stream()));
   return out;
 }
 
 at::Tensor quad_grad_cuda(const at::Tensor& grad, const at::Tensor& X, const QAPTensors& p) {
   auto out = at::empty({p.s.G, p.s.Es, p.s.Et}, p.unary.options());
   LVMMED_CUDA_CHECK(cuda::qap_quad_grad(cuda_dtype(p.unary, "unary"), grad.const_data_ptr(), X.const_data_ptr(),
-                                     inputs_of(p), out.mutable_data_ptr(), p.s, current_stream()));
+                                        inputs_of(p), out.mutable_data_ptr(), p.s, current_stream()));
   return out;
 }
 

@@ -93,8 +93,18 @@ def emulated_cuda(check: bool = True):
     the emulator reported (races, uninitialised shared memory, divergence) even if no op raised."""
     emu = load()
     emu.take_reports()
-    with EmulatedCuda():
-        yield emu
+    # fresh allocations (the glue's outputs and workspaces) filled with NaN / INT_MAX, as an undefined GPU buffer may
+    # hold anything: a kernel that reads memory nobody wrote shows up in its results
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        with EmulatedCuda():
+            yield emu
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
     if check:
         reports = [r for r in emu.take_reports() if r["message"]]
         assert not reports, "the CUDA emulator reported:\n" + "\n".join(

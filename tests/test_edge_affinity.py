@@ -4,7 +4,7 @@ NaN propagation, CUDA parity and low precision."""
 import pytest
 import torch
 from helpers import LOW_PRECISION, assert_low_precision_ok, assert_matches_reference
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lvmmed_ext
@@ -254,3 +254,18 @@ def test_cuda_edge_shapes_match_cpu(gpu, shape):
     for x, y in zip(g_gpu, g_cpu):
         if x is not None and y is not None:
             assert_matches_reference(x.cpu(), y, torch.float64)
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes)
+def test_cuda_property_matches_cpu(gpu, shape):
+    G, N, M, F, Es, Et, seed = shape
+    z_s, e_s, z_t, e_t = make_graphs(G, N, M, F, Es, Et, torch.float64, "cpu", seed)
+    w = torch.randn(G, Es, Et, dtype=torch.float64)
+    dev = [t.to(gpu.device) for t in (z_s, e_s, z_t, e_t)]
+    with gpu:
+        out = lvmmed_ext.edge_affinity(*dev)
+        grads = torch.ops.lvmmed.edge_affinity_backward(w.to(gpu.device), *dev)
+    assert_matches_reference(out, lvmmed_ext.edge_affinity(z_s, e_s, z_t, e_t), torch.float64)
+    for a, b in zip(grads, torch.ops.lvmmed.edge_affinity_backward(w, z_s, e_s, z_t, e_t)):
+        assert_matches_reference(a, b, torch.float64)

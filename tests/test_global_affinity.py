@@ -3,7 +3,7 @@
 import pytest
 import torch
 from helpers import LOW_PRECISION, assert_low_precision_ok, assert_matches_reference
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lvmmed_ext
@@ -242,3 +242,17 @@ def test_cuda_edge_shapes_match_cpu(gpu, shape, emulated):
     for x, y in zip(g_gpu, g_cpu):
         if x is not None and y is not None:
             assert_matches_reference(x.cpu(), y, torch.float64)
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes, zero=st.booleans(), dup=st.booleans())
+def test_cuda_property_matches_cpu(gpu, shape, zero, dup):
+    G, N, M, F, seed = shape
+    z_s, z_t = make_pair(G, N, M, F, torch.float64, "cpu", seed, zero, dup)
+    w = torch.randn(G, N, M, dtype=torch.float64)
+    with gpu:
+        out = lvmmed_ext.global_affinity(z_s.to(gpu.device), z_t.to(gpu.device))
+        grads = torch.ops.lvmmed.global_affinity_backward(w.to(gpu.device), z_s.to(gpu.device), z_t.to(gpu.device))
+    assert_matches_reference(out, lvmmed_ext.global_affinity(z_s, z_t), torch.float64)
+    for a, b in zip(grads, torch.ops.lvmmed.global_affinity_backward(w, z_s, z_t)):
+        assert_matches_reference(a, b, torch.float64)

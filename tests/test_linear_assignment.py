@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lvmmed_ext
@@ -232,3 +232,21 @@ def test_cuda_global_workspace_and_grid_stride_match_cpu(gpu, partial):
     with gpu, gpu.device_limits(smem_per_block_optin=2048, max_grid_x=4):
         X = lvmmed_ext.linear_assignment(S.to(gpu.device), partial=partial)
     assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S, partial=partial))
+
+
+@settings(max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.tuples(st.integers(0, 4), st.integers(0, 24), st.integers(0, 24)),
+    integer=st.booleans(),
+    maximize=st.booleans(),
+    partial=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cuda_property_same_assignment_as_cpu(gpu, shape, integer, maximize, partial, dtype, seed):
+    # the team LAP and the CPU share the reduced costs and tie rules: the same assignment, ties included
+    gen = torch.Generator().manual_seed(seed)
+    S = (torch.randint(-3, 4, shape, generator=gen) if integer else torch.randn(*shape, generator=gen)).to(dtype)
+    with gpu:
+        X = lvmmed_ext.linear_assignment(S.to(gpu.device), maximize=maximize, partial=partial)
+    assert torch.equal(X.cpu(), lvmmed_ext.linear_assignment(S, maximize=maximize, partial=partial))

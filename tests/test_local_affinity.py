@@ -4,7 +4,7 @@ opcheck, torch.compile, chunked Gram products, errors, CUDA parity and low preci
 import pytest
 import torch
 from helpers import LOW_PRECISION, assert_low_precision_ok, assert_matches_reference
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lvmmed_ext
@@ -413,10 +413,10 @@ def test_cuda_matches_reference_and_cpu(gpu, dtype, shape, emulated, positions):
     w = torch.randn(G, N, M, dtype=dtype)
     with gpu:
         out = lvmmed_ext.local_affinity(y_s, y_t, *pos, **kw)
-        g_gpu = torch.autograd.grad(
-            (lvmmed_ext.local_affinity(y_s.requires_grad_(), y_t.requires_grad_(), *pos, **kw) * w.to(gpu.device)).sum(),
-            (y_s, y_t),
-        )
+        y_s.requires_grad_()
+        y_t.requires_grad_()
+        loss = (lvmmed_ext.local_affinity(y_s, y_t, *pos, **kw) * w.to(gpu.device)).sum()
+        g_gpu = torch.autograd.grad(loss, (y_s, y_t))
     y_s, y_t = y_s.detach(), y_t.detach()
     if P * Q * N * M <= 5000:
         assert_matches_reference(out, reference.local_affinity(y_s, y_t, *pos, **kw), dtype)
@@ -499,8 +499,10 @@ def test_cuda_ties_and_zero_vectors_select_like_cpu(gpu, dtype, shape, kw):
 def test_cuda_empty_batches_and_zero_maps(gpu):
     dev = gpu.device
     with gpu:
-        assert lvmmed_ext.local_affinity(torch.randn(0, 3, 4, 5, device=dev), torch.randn(0, 2, 4, 5, device=dev)).shape == (0, 3, 2)
-        assert lvmmed_ext.local_affinity(torch.randn(2, 0, 4, 5, device=dev), torch.randn(2, 2, 4, 5, device=dev)).shape == (2, 0, 2)
+        out = lvmmed_ext.local_affinity(torch.randn(0, 3, 4, 5, device=dev), torch.randn(0, 2, 4, 5, device=dev))
+        assert out.shape == (0, 3, 2)
+        out = lvmmed_ext.local_affinity(torch.randn(2, 0, 4, 5, device=dev), torch.randn(2, 2, 4, 5, device=dev))
+        assert out.shape == (2, 0, 2)
         y_s = torch.randn(2, 3, 4, 5, device=dev, requires_grad=True)
         lvmmed_ext.local_affinity(y_s, torch.randn(2, 0, 4, 5, device=dev)).sum().backward()
         assert (y_s.grad == 0).all()
@@ -529,3 +531,32 @@ def test_cuda_grid_stride_and_largest_maps_match_cpu(gpu):
     assert_matches_reference(out, want, torch.float64)
     for x, y in zip(g_gpu, torch.autograd.grad((want * w).sum(), (a, b))):
         assert_matches_reference(x, y, torch.float64)
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 30), st.integers(1, 30)),
+    D=st.integers(2, 6),
+    positions=st.sampled_from(["none", "random", "grid"]),
+    top_loc=st.integers(1, 35),
+    top_feat=st.none() | st.integers(1, 35),
+    zero=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cuda_property_selections_and_gradients_match_cpu(gpu, shape, D, positions, top_loc, top_feat, zero, seed):
+    # integer maps: exact distances, so the CUDA kernels must make the CPU's selections (ties included) and give its
+    # values and gradients for any shape, top-k and positions
+    G, N, M, P, Q = shape
+    y_s, y_t = make_maps(G, N, M, P, Q, D, torch.float64, "cpu", seed, zero=zero, integer=True)
+    pos = (None, None) if positions == "none" else make_positions(G, N, M, P, Q, "cpu", seed, grid=positions == "grid")
+    dev = [None if t is None else t.to(gpu.device) for t in (y_s, y_t, *pos)]
+    w = torch.randn(G, N, M, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    kw = (pos[0] is not None, top_loc, top_feat)
+    with gpu:
+        out, m = torch.ops.lvmmed.local_affinity(*dev, top_loc, top_feat)
+        grads = torch.ops.lvmmed.local_affinity_backward(w.to(gpu.device), *dev[:2], m, *kw)
+    out_cpu, m_cpu = torch.ops.lvmmed.local_affinity(y_s, y_t, *pos, top_loc, top_feat)
+    assert torch.equal(m.cpu(), m_cpu)
+    assert_matches_reference(out, out_cpu, torch.float64)
+    for a, b in zip(grads, torch.ops.lvmmed.local_affinity_backward(w, y_s, y_t, m_cpu, *kw)):
+        assert_matches_reference(a, b, torch.float64)

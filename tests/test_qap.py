@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 from helpers import assert_matches_reference
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lvmmed_ext
@@ -430,7 +430,7 @@ def test_cuda_objective_and_gradients_match_cpu(gpu, kb):
         q = {k: v.to(dev).requires_grad_(k in names) for k, v in p.items()}
         Xd = X.to(dev).requires_grad_()
         # the emulated device has at most 2 blocks per grid: the objective and quad-gradient kernels stride
-        with ctx, (gpu.device_limits(max_grid_x=2) if ctx is gpu else contextlib.nullcontext()):
+        with ctx, gpu.device_limits(max_grid_x=2) if ctx is gpu else contextlib.nullcontext():
             f = lvmmed_ext.qap_objective(Xd, **q)
             g = torch.autograd.grad(f.sum(), [Xd] + [q[k] for k in names])
         grads.append([f.detach().cpu()] + [t.cpu() for t in g])
@@ -523,3 +523,26 @@ def test_cuda_team_kernels_global_workspace_and_grid_stride(gpu, method, kb):
     assert torch.equal(X, Xw)
     assert_assignment(Xw.cpu(), False)
     torch.testing.assert_close(f.cpu(), objective(Xw.cpu(), p))
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 10), st.integers(0, 4), st.integers(-1, 30), st.integers(0, 30)),
+    method=st.sampled_from(["lap", "ls", "ils", "ga", "faq", "sm", "rrwm", "ipfp"]),
+    partial=st.booleans(),
+    kb=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cuda_property_valid_deterministic_and_objective(gpu, shape, method, partial, kb, seed):
+    # any problem: a valid assignment, the same one twice, and the objective the CPU computes for it
+    G, N, extra, Es, Et = shape
+    p = random_problem(G, N, N + extra, Es, Et if Es >= 0 else -1, seed, kb=kb, loops=True)
+    pc = {k: v.to(gpu.device) for k, v in p.items()}
+    kw = {"method": method, "partial": partial}
+    with gpu:
+        X = lvmmed_ext.solve_qap(**pc, **kw, generator=torch.Generator().manual_seed(seed))
+        again = lvmmed_ext.solve_qap(**pc, **kw, generator=torch.Generator().manual_seed(seed))
+        f = lvmmed_ext.qap_objective(X, **pc)
+    assert torch.equal(X, again)
+    assert_assignment(X.cpu(), partial)
+    assert_matches_reference(f.cpu(), lvmmed_ext.qap_objective(X.cpu(), **p), torch.float64)

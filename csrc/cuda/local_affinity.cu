@@ -227,8 +227,7 @@ cudaError_t local_affinity_forward(DType dtype, const void* gram, const void* sq
     using A_t = acc_t<T>;
     LVMMED_LAUNCH(grid_stride_blocks(pairs), kThreads, smem, stream, local_forward_kernel<T, A_t>)
     (static_cast<const A_t*>(gram), static_cast<const A_t*>(sq_s), static_cast<const A_t*>(inv_s),
-        static_cast<const A_t*>(sq_t), static_cast<const A_t*>(inv_t), pos_s, pos_t, static_cast<T*>(out), matches, s,
-        c);
+     static_cast<const A_t*>(sq_t), static_cast<const A_t*>(inv_t), pos_s, pos_t, static_cast<T*>(out), matches, s, c);
     return cudaGetLastError();
   });
 }
@@ -243,7 +242,7 @@ cudaError_t local_affinity_backward_coefficients(DType dtype, const void* grad, 
     using A_t = acc_t<T>;
     LVMMED_LAUNCH(grid_stride_blocks(pairs), kThreads, 0, stream, local_coefficients_kernel<T, A_t>)
     (static_cast<const T*>(grad), static_cast<const A_t*>(inv_s), static_cast<const A_t*>(inv_t), matches,
-        static_cast<T*>(c_s), static_cast<T*>(c_t), s, c);
+     static_cast<T*>(c_s), static_cast<T*>(c_t), s, c);
     return cudaGetLastError();
   });
 }

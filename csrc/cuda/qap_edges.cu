@@ -109,8 +109,8 @@ cudaError_t launch_product(const void* X, const QAPInputs<void>& in, void* out, 
   const TeamLaunch l = edges_launch(s);
   LVMMED_CUDA_TRY(prepare_team_kernel(edge_product_kernel<T>, l));
   LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, edge_product_kernel<T>)
-  (static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s, mode,
-      static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
+  (static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s, mode, static_cast<unsigned char*>(workspace),
+   l.bytes, l.use_smem);
   return cudaGetLastError();
 }
 
@@ -165,8 +165,7 @@ cudaError_t qap_quad_grad(DType dtype, const void* grad, const void* X, QAPInput
   return by_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     LVMMED_LAUNCH(grid_stride_blocks(ceil_div(total, 256)), 256, 0, stream, quad_grad_kernel<T>)
-    (static_cast<const T*>(grad), static_cast<const T*>(X),
-                                                    typed_inputs<T>(in), static_cast<T*>(out), s);
+    (static_cast<const T*>(grad), static_cast<const T*>(X), typed_inputs<T>(in), static_cast<T*>(out), s);
     return cudaGetLastError();
   });
 }

@@ -48,7 +48,7 @@ cudaError_t launch(const QAPInputs<void>& in, const void* init, std::int64_t* as
   const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
   LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, qap_search_kernel<T>)
   (typed_inputs<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
-      static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
+   static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);
   return cudaGetLastError();
 }
 

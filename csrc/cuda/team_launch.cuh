@@ -33,8 +33,8 @@ inline TeamLaunch plan_team_launch(index_t problems, index_t bytes_per_team, int
   }
   cudaGetLastError();  // attribute queries must not leave a sticky error behind
   l.use_smem = l.bytes + kTeamStaticSmem <= static_cast<index_t>(optin);
-  const index_t cap = std::min(l.use_smem ? (index_t{1} << 30) : 4 * static_cast<index_t>(std::max(sms, 1)),
-                               max_grid_dim(0));
+  const index_t cap =
+      std::min(l.use_smem ? (index_t{1} << 30) : 4 * static_cast<index_t>(std::max(sms, 1)), max_grid_dim(0));
   l.blocks = static_cast<unsigned>(std::max<index_t>(1, std::min(problems, cap)));
   l.workspace_bytes = l.use_smem ? 0 : static_cast<index_t>(l.blocks) * l.bytes;
   return l;

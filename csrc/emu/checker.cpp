@@ -27,9 +27,9 @@ constexpr int kChunkShift = 16;  // shadow is allocated per 64 KB of address spa
 constexpr std::size_t kChunk = std::size_t{1} << kChunkShift;
 
 struct Cell {
-  std::uint32_t interval = 0;                        // barrier interval (serial mod 2^32) of writer/reader/atomic
-  std::uint32_t launch = 0;                          // launch (serial mod 2^32) of wblock/rblock/ablock
-  std::uint32_t wblock = 0, rblock = 0, ablock = 0;  // linear block + 1 in that launch; kSeveral: several
+  std::uint32_t interval = 0;                          // barrier interval (serial mod 2^32) of writer/reader/atomic
+  std::uint32_t launch = 0;                            // launch (serial mod 2^32) of wblock/rblock/ablock
+  std::uint32_t wblock = 0, rblock = 0, ablock = 0;    // linear block + 1 in that launch; kSeveral: several
   std::int16_t writer = -1, reader = -1, atomic = -1;  // thread in that interval; reader/atomic -2: several
   std::int16_t last_reader = -1;
   const void* wpc = nullptr;  // the last write or atomic update
@@ -104,12 +104,12 @@ void race(bool shared, bool cross_block, std::uintptr_t a, std::size_t size, Acc
     return;
   }
   const BlockState& b = *g_block;
-  const std::string place = shared ? shared_place(b, a - reinterpret_cast<std::uintptr_t>(b.smem))
-                                   : "global memory at " + hex_address(a);
-  report("race", std::string("data race on ") + place + ": " + thread_name(tl_thread->linear) + " " + verb(kind) +
-                     " " + std::to_string(size) + " bytes at " + source_line(pc) + ", while " + other + " at " +
-                     source_line(opc) +
-                     (cross_block ? " in the same launch (blocks are not ordered)" : " with no __syncthreads() between"));
+  const std::string place =
+      shared ? shared_place(b, a - reinterpret_cast<std::uintptr_t>(b.smem)) : "global memory at " + hex_address(a);
+  report("race",
+         std::string("data race on ") + place + ": " + thread_name(tl_thread->linear) + " " + verb(kind) + " " +
+             std::to_string(size) + " bytes at " + source_line(pc) + ", while " + other + " at " + source_line(opc) +
+             (cross_block ? " in the same launch (blocks are not ordered)" : " with no __syncthreads() between"));
 }
 
 // The rules of one shadow cell for an access of the current thread (see the top of the file).
@@ -224,13 +224,15 @@ void checker_begin_launch() {
 
 void checker_begin_block() {
   if (g_written.empty()) g_written.assign(512 * 1024 + 64 * 1024, 0);
-  std::fill(g_written.begin(), g_written.begin() + static_cast<std::ptrdiff_t>(std::min(g_written_dirty, g_written.size())), 0);
+  std::fill(g_written.begin(),
+            g_written.begin() + static_cast<std::ptrdiff_t>(std::min(g_written_dirty, g_written.size())), 0);
   g_written_dirty = 0;
 }
 
 void checker_mark_written(const void* p, std::size_t bytes) {
   const std::size_t off = static_cast<const unsigned char*>(p) - g_block->smem;
-  std::fill(g_written.begin() + static_cast<std::ptrdiff_t>(off), g_written.begin() + static_cast<std::ptrdiff_t>(off + bytes), 1);
+  std::fill(g_written.begin() + static_cast<std::ptrdiff_t>(off),
+            g_written.begin() + static_cast<std::ptrdiff_t>(off + bytes), 1);
   g_written_dirty = std::max(g_written_dirty, off + bytes);
 }
 
@@ -297,16 +299,16 @@ bool checker_compiled_in() {
 using lvmmed::emu::Access;
 using lvmmed::emu::check_access;
 
-#define LVMMED_EMU_HOOK(name, size, kind)                                  \
-  extern "C" void name(void* addr) {                                       \
-    check_access(addr, size, kind, __builtin_return_address(0));            \
+#define LVMMED_EMU_HOOK(name, size, kind)                        \
+  extern "C" void name(void* addr) {                             \
+    check_access(addr, size, kind, __builtin_return_address(0)); \
   }
-#define LVMMED_EMU_HOOKS(size)                                                        \
-  LVMMED_EMU_HOOK(__tsan_read##size, size, Access::Read)                              \
-  LVMMED_EMU_HOOK(__tsan_write##size, size, Access::Write)                            \
-  LVMMED_EMU_HOOK(__tsan_unaligned_read##size, size, Access::Read)                    \
-  LVMMED_EMU_HOOK(__tsan_unaligned_write##size, size, Access::Write)                  \
-  LVMMED_EMU_HOOK(__tsan_volatile_read##size, size, Access::Read)                     \
+#define LVMMED_EMU_HOOKS(size)                                       \
+  LVMMED_EMU_HOOK(__tsan_read##size, size, Access::Read)             \
+  LVMMED_EMU_HOOK(__tsan_write##size, size, Access::Write)           \
+  LVMMED_EMU_HOOK(__tsan_unaligned_read##size, size, Access::Read)   \
+  LVMMED_EMU_HOOK(__tsan_unaligned_write##size, size, Access::Write) \
+  LVMMED_EMU_HOOK(__tsan_volatile_read##size, size, Access::Read)    \
   LVMMED_EMU_HOOK(__tsan_volatile_write##size, size, Access::Write)
 LVMMED_EMU_HOOK(__tsan_read1, 1, Access::Read)
 LVMMED_EMU_HOOK(__tsan_write1, 1, Access::Write)

@@ -15,8 +15,8 @@ struct DeviceProps {
   int max_threads_per_block = 1024;
   int max_block_x = 1024, max_block_y = 1024, max_block_z = 64;
   int max_grid_x = 2147483647, max_grid_y = 65535, max_grid_z = 65535;
-  int smem_per_block = 48 * 1024;      // without opt-in
-  int smem_per_block_optin = 232448;   // 227 KB, the sm_90 opt-in maximum (sm_80: 163 KB)
+  int smem_per_block = 48 * 1024;     // without opt-in
+  int smem_per_block_optin = 232448;  // 227 KB, the sm_90 opt-in maximum (sm_80: 163 KB)
   int smem_per_multiprocessor = 233472;
   int cc_major = 9, cc_minor = 0;
 };
@@ -38,12 +38,12 @@ bool checker_compiled_in();
 // Launches per kernel name since the last reset (template arguments left out), and what they covered.
 struct LaunchStats {
   std::int64_t launches = 0;
-  std::int64_t multi_block = 0;     // with more than one block
-  std::int64_t multi_warp = 0;      // with more than one warp per block
-  std::int64_t dynamic_smem = 0;    // with dynamic shared memory
-  std::int64_t no_dynamic_smem = 0; // without (the team kernels' global-workspace path)
-  std::int64_t opt_in = 0;          // with more than 48 KB of shared memory per block (after cudaFuncSetAttribute)
-  std::int64_t at_grid_cap = 0;     // with a grid as large as a lowered device limit along some axis
+  std::int64_t multi_block = 0;      // with more than one block
+  std::int64_t multi_warp = 0;       // with more than one warp per block
+  std::int64_t dynamic_smem = 0;     // with dynamic shared memory
+  std::int64_t no_dynamic_smem = 0;  // without (the team kernels' global-workspace path)
+  std::int64_t opt_in = 0;           // with more than 48 KB of shared memory per block (after cudaFuncSetAttribute)
+  std::int64_t at_grid_cap = 0;      // with a grid as large as a lowered device limit along some axis
 };
 std::map<std::string, LaunchStats> launch_stats();
 std::map<std::string, std::int64_t> launch_counts();

@@ -19,8 +19,9 @@
 #include "control.h"
 #include "state.h"
 
-// ---- fibers: a minimal context switch (the callee-saved registers), x86-64 System V ----------------------------------
-// The MXCSR and x87 control words are not switched: every fiber runs in the launching thread's floating-point mode.
+// ---- fibers: a minimal context switch (the callee-saved registers), x86-64 System V
+// ---------------------------------- The MXCSR and x87 control words are not switched: every fiber runs in the
+// launching thread's floating-point mode.
 #if defined(__x86_64__)
 extern "C" void lvmmed_emu_switch(void** save_sp, void* to_sp);
 extern "C" void lvmmed_emu_fiber_start();
@@ -81,7 +82,7 @@ Schedule g_schedule = Schedule::Forward;
 std::uint64_t g_seed = 0;
 std::uint64_t g_launch_serial = 0;
 std::map<std::string, LaunchStats> g_launch_stats;
-std::unordered_map<const void*, int> g_max_dynamic;       // cudaFuncAttributeMaxDynamicSharedMemorySize
+std::unordered_map<const void*, int> g_max_dynamic;        // cudaFuncAttributeMaxDynamicSharedMemorySize
 std::unordered_map<const void*, std::size_t> g_static_of;  // static shared bytes, once a block has run
 std::vector<Report> g_reports;
 std::int64_t g_total_reports = 0;
@@ -517,8 +518,8 @@ std::uint64_t warp_collective(const char* file, int line, Shfl kind, unsigned ma
                       "-thread block does not have");
   if (mask & b.exited_lanes[t.warp])
     fatal("warp", what() + " (mask " + hex(mask) + "): lanes " + lanes(mask & b.exited_lanes[t.warp]) + " of warp " +
-                      std::to_string(t.warp) + " have exited and never arrive: on the GPU " +
-                      thread_name(t.linear) + " would read an undefined value");
+                      std::to_string(t.warp) + " have exited and never arrive: on the GPU " + thread_name(t.linear) +
+                      " would read an undefined value");
   if (width < 1 || width > kWarp || (width & (width - 1)) != 0)
     fatal("warp", what() + ": width " + std::to_string(width) + " is not a power of 2 in [1, 32]");
   if (!w.pending) {
@@ -531,9 +532,9 @@ std::uint64_t warp_collective(const char* file, int line, Shfl kind, unsigned ma
     w.line = line;
   } else if (w.kind != kind || w.mask != mask || w.width != width) {
     fatal("warp", "divergent warp collectives in warp " + std::to_string(t.warp) + " of block " + block_name(b) +
-                      ": lane " + std::to_string(t.lane) + " calls " + what() + " (mask " + hex(mask) + ") while lanes " +
-                      lanes(w.arrived) + " wait at the " + collective_name(w.kind) + " at " + at(w.file, w.line) +
-                      " (mask " + hex(w.mask) + ")");
+                      ": lane " + std::to_string(t.lane) + " calls " + what() + " (mask " + hex(mask) +
+                      ") while lanes " + lanes(w.arrived) + " wait at the " + collective_name(w.kind) + " at " +
+                      at(w.file, w.line) + " (mask " + hex(w.mask) + ")");
   }
   w.values[t.lane] = value;
   w.args[t.lane] = arg;
@@ -566,8 +567,8 @@ void* static_shared(const void* key, std::size_t bytes, std::size_t align) {
   if (attr == g_max_dynamic.end() && stat + dyn > static_cast<std::size_t>(d.smem_per_block))
     why = "more than the " + std::to_string(d.smem_per_block) +
           " bytes a block may use without cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)";
-  if (attr != g_max_dynamic.end() && stat + static_cast<std::size_t>(attr->second) >
-                                         static_cast<std::size_t>(d.smem_per_block_optin))
+  if (attr != g_max_dynamic.end() &&
+      stat + static_cast<std::size_t>(attr->second) > static_cast<std::size_t>(d.smem_per_block_optin))
     why = "with the opted-in " + std::to_string(attr->second) + " dynamic bytes, more than the device's opt-in " +
           "maximum of " + std::to_string(d.smem_per_block_optin) + " bytes per block";
   if (!why.empty() || offset + bytes + kRedZone > kArenaBytes) {
@@ -595,8 +596,10 @@ T atomic_rmw(T* p, F f, const void* pc) {
 }
 }  // namespace
 
-#define LVMMED_EMU_ATOMIC(name, T, expr) \
-  T name(T* p, T v) { return atomic_rmw(p, [&](T old) { return expr; }, __builtin_return_address(0)); }
+#define LVMMED_EMU_ATOMIC(name, T, expr)                                            \
+  T name(T* p, T v) {                                                               \
+    return atomic_rmw(p, [&](T old) { return expr; }, __builtin_return_address(0)); \
+  }
 LVMMED_EMU_ATOMIC(atomic_add, int, static_cast<int>(static_cast<unsigned>(old) + static_cast<unsigned>(v)))
 LVMMED_EMU_ATOMIC(atomic_add, unsigned, old + v)
 LVMMED_EMU_ATOMIC(atomic_add, unsigned long long, old + v)
@@ -604,8 +607,8 @@ LVMMED_EMU_ATOMIC(atomic_add, float, old + v)
 LVMMED_EMU_ATOMIC(atomic_add, double, old + v)
 LVMMED_EMU_ATOMIC(atomic_or, int, old | v)
 LVMMED_EMU_ATOMIC(atomic_or, unsigned, old | v)
-LVMMED_EMU_ATOMIC(atomic_and, int, old & v)
-LVMMED_EMU_ATOMIC(atomic_and, unsigned, old & v)
+LVMMED_EMU_ATOMIC(atomic_and, int, old& v)
+LVMMED_EMU_ATOMIC(atomic_and, unsigned, old& v)
 LVMMED_EMU_ATOMIC(atomic_max, int, old > v ? old : v)
 LVMMED_EMU_ATOMIC(atomic_min, int, old < v ? old : v)
 LVMMED_EMU_ATOMIC(atomic_exch, int, (static_cast<void>(old), v))
@@ -615,8 +618,7 @@ int atomic_cas(int* p, int compare, int v) {
   return atomic_rmw(p, [&](int old) { return old == compare ? v : old; }, __builtin_return_address(0));
 }
 unsigned long long atomic_cas(unsigned long long* p, unsigned long long compare, unsigned long long v) {
-  return atomic_rmw(
-      p, [&](unsigned long long old) { return old == compare ? v : old; }, __builtin_return_address(0));
+  return atomic_rmw(p, [&](unsigned long long old) { return old == compare ? v : old; }, __builtin_return_address(0));
 }
 
 // ---- launches ------------------------------------------------------------------------------------------------------
@@ -746,11 +748,13 @@ cudaError_t func_set_attribute(const void* kernel, cudaFuncAttribute attr, int v
     g_max_dynamic[kernel] = value;
     return cudaSuccess;
   }
-  if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
+  if (attr == cudaFuncAttributePreferredSharedMemoryCarveout)
+    return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
   return cudaErrorInvalidValue;
 }
 
-// ---- control ---------------------------------------------------------------------------------------------------------
+// ---- control
+// ---------------------------------------------------------------------------------------------------------
 DeviceProps& device_props() {
   return g_props;
 }
@@ -799,7 +803,8 @@ void reset_counters() {
 
 }  // namespace lvmmed::emu
 
-// ---- the runtime API subset ------------------------------------------------------------------------------------------
+// ---- the runtime API subset
+// ------------------------------------------------------------------------------------------
 using lvmmed::emu::g_props;
 
 cudaError_t cudaGetLastError() {

@@ -79,7 +79,7 @@ std::string source_line(const void* pc);  // "file:line (function)" of a code ad
 
 // Checker (checker.cpp).
 void checker_begin_launch();
-void checker_begin_block();   // new interval, shared memory written-map cleared
+void checker_begin_block();                                   // new interval, shared memory written-map cleared
 void checker_mark_written(const void* p, std::size_t bytes);  // shared memory made defined by the emulator
 enum class Access : int { Read = 0, Write = 1, Atomic = 2 };
 void check_access(const void* addr, std::size_t size, Access kind, const void* pc);

@@ -103,7 +103,8 @@ cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream = nullptr);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream = nullptr);
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemset(void* dst, int value, size_t bytes);
@@ -241,8 +242,10 @@ Launcher<P...> make_launcher(const char* name, void (*kernel)(P...), dim3 grid, 
 #define __shfl_xor_sync(mask, v, ...) \
   ::lvmmed::emu::shfl(__FILE__, __LINE__, ::lvmmed::emu::Shfl::Xor, (mask), (v), __VA_ARGS__)
 #define __ballot_sync(mask, pred) ::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::Ballot, (mask), (pred))
-#define __any_sync(mask, pred) static_cast<int>(::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::Any, (mask), (pred)))
-#define __all_sync(mask, pred) static_cast<int>(::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::All, (mask), (pred)))
+#define __any_sync(mask, pred) \
+  static_cast<int>(::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::Any, (mask), (pred)))
+#define __all_sync(mask, pred) \
+  static_cast<int>(::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::All, (mask), (pred)))
 
 template <typename T>
 inline T __ldg(const T* p) {
@@ -262,9 +265,9 @@ inline T __ldg(const T* p) {
 #define LVMMED_LAUNCH(grid, block, smem, stream, ...) \
   ::lvmmed::emu::make_launcher(#__VA_ARGS__, __VA_ARGS__, (grid), (block), (smem), (stream))
 // LVMMED_SHARED(T, name, [dims]);   __shared__ T name[dims];
-#define LVMMED_SHARED(T, name, dims)                                                                   \
-  static const char lvmmed_shared_key_##name = 0;                                                      \
-  auto& name = *static_cast<T(*) dims>(                                                                \
-      ::lvmmed::emu::static_shared(&lvmmed_shared_key_##name, sizeof(T dims), alignof(T)))
+#define LVMMED_SHARED(T, name, dims)              \
+  static const char lvmmed_shared_key_##name = 0; \
+  auto& name =                                    \
+      *static_cast<T(*) dims>(::lvmmed::emu::static_shared(&lvmmed_shared_key_##name, sizeof(T dims), alignof(T)))
 // LVMMED_DYNAMIC_SHARED(T, name);   extern __shared__ __align__(8) T name[];
 #define LVMMED_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::lvmmed::emu::dynamic_shared())
