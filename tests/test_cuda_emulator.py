@@ -62,6 +62,28 @@ def test_correct_kernel_runs_clean_in_every_order(emu, order, seed):
 
 
 @pytest.mark.parametrize("order, seed", SCHEDULES)
+def test_warp_collectives_give_cuda_values(emu, order, seed):
+    emu.set_schedule(order, seed)
+    out = torch.zeros(64, 8, dtype=torch.int32)
+    toy("warp_ops", out, 64 * 8)
+    assert emu.take_reports() == []
+    ballot = int(np.array(sum(1 << k for k in range(0, 32, 3)), dtype=np.uint32).view(np.int32))
+    for t in range(64):
+        lane = t % 32
+        want = [
+            (lane + 3) % 32 * 10,
+            lane - 1 if lane >= 1 else lane,  # lane 0 keeps its own value
+            lane + 2 if lane < 30 else lane,
+            lane ^ 5 if (lane ^ 5) // 16 == lane // 16 else lane,  # within its 16-lane segment
+            ballot,
+            1,
+            0,
+            lane ^ 1 if lane < 16 else -1,
+        ]
+        assert out[t].tolist() == want, (t, out[t].tolist(), want)
+
+
+@pytest.mark.parametrize("order, seed", SCHEDULES)
 def test_race_is_reported(emu, order, seed):
     emu.set_schedule(order, seed)
     text, kinds = failure(emu, "racy_counter", torch.zeros(1, dtype=torch.int32), 1)

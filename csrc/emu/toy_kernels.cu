@@ -90,6 +90,23 @@ __global__ void shared_overflow_kernel(float* out, int n) {
   out[threadIdx.x] = 0.0f;
 }
 
+// Every warp collective the emulator offers, 8 results per thread: __shfl_sync from lane + 3, __shfl_up_sync by 1,
+// __shfl_down_sync by 2, __shfl_xor_sync by 5 within segments of 16 lanes, __ballot_sync of lane % 3 == 0,
+// __any_sync(lane == 5), __all_sync(lane < 31), and a shuffle among lanes 0-15 only (mask 0xffff).
+__global__ void warp_ops_kernel(int* out) {
+  const int t = static_cast<int>(threadIdx.x), lane = t % 32;
+  int* o = out + 8 * t;
+  o[0] = __shfl_sync(0xffffffffu, lane * 10, (lane + 3) % 32);
+  o[1] = __shfl_up_sync(0xffffffffu, lane, 1);
+  o[2] = __shfl_down_sync(0xffffffffu, lane, 2);
+  o[3] = __shfl_xor_sync(0xffffffffu, lane, 5, 16);
+  o[4] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+  o[5] = __any_sync(0xffffffffu, lane == 5);
+  o[6] = __all_sync(0xffffffffu, lane < 31);
+  __syncwarp();
+  o[7] = lane < 16 ? __shfl_xor_sync(0xffffu, lane, 1) : -1;
+}
+
 }  // namespace
 
 cudaError_t run_toy_kernel(const char* name, void* buf, int n, dim3 grid, dim3 block, std::size_t smem, int opt_in,
@@ -114,6 +131,8 @@ cudaError_t run_toy_kernel(const char* name, void* buf, int n, dim3 grid, dim3 b
     if (opt_in > 0)
       LVMMED_CUDA_TRY(cudaFuncSetAttribute(dynamic_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, opt_in));
     LVMMED_LAUNCH(grid, block, smem, stream, dynamic_smem_kernel)(f, n);
+  } else if (is("warp_ops")) {
+    LVMMED_LAUNCH(grid, block, smem, stream, warp_ops_kernel)(static_cast<int*>(buf));
   } else if (is("shared_overflow")) {
     LVMMED_LAUNCH(grid, block, smem, stream, shared_overflow_kernel)(f, n);
   } else {
