@@ -77,8 +77,10 @@ def cases(root: Path) -> dict[str, list[str]]:
         "genesis": ["--data", a, "--loss", "genesis", "--batch-size", "2"],
         "genesis-3d": ["--data", _volumes(root / "vols"), "--loss", "genesis", "--arch", "unet3d", "--crop3d", "8",
                        "16", "16", "--batch-size", "2"],  # fmt: skip
-        "mixture": ["--data", f"x={a}:2", "--data", f"y={b}:1", "--balance", "dataset", "--loss", "infonce",
-                    "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=8"],  # fmt: skip
+        "mixture": ["--data", f"x={a}:2", "--data", f"y={b}:1", "--loss", "infonce", "--head-opt", "hidden_dim=16",
+                    "--head-opt", "out_dim=8"],  # fmt: skip
+        "mixture-balanced": ["--data", f"x={a}", "--data", f"y={b}", "--balance", "dataset", "--loss", "gm",
+                             "--head-opt", "dim=16", "--head-opt", "graph_size=4", "--k", "2"],  # fmt: skip
         "shards": ["--data", "SHARDS", "--loss", "infonce", "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=8"],
     }
 
