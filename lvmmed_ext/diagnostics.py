@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .qap import linear_assignment
+
 #: The diagnostics every head reports, in log.csv column order.
 FIELDS = ("match_acc", "margin", "grad_nodes")
 
@@ -67,8 +69,6 @@ def cosine_matching(z_s: Tensor, z_t: Tensor, graph_size: int = 16) -> dict[str,
     """``match_acc`` and ``margin`` of the linear assignment on cosine affinities of two views' embeddings
     ``[B, F]``, cut into graphs of ``graph_size`` consecutive rows (a remainder is left out; fewer than one graph
     gives ``{}``). The noise-free matching accuracy of any embedding, comparable with gm's."""
-    from .qap import linear_assignment
-
     n = min(graph_size, z_s.shape[0])
     G = z_s.shape[0] // n if n >= 2 else 0
     if G == 0:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import noise as _noise
+from . import qap
 
 # solve(unary [B,N,M], quad [B,Es,Et] or None, init [B,N,M] or None) -> X [B,N,M] in {0,1}
 Solver = Callable[[Tensor, "Tensor | None", "Tensor | None"], Tensor]
@@ -65,8 +66,6 @@ class _PerturbAndMAP(torch.autograd.Function):
 def _builtin_solver(name: str, edges_s, edges_t, S: int, solver_kwargs: dict) -> Solver:
     if name not in ("lap", "qap"):
         raise ValueError(f"solver must be 'qap', 'lap' or a callable, got {name!r}")
-    from . import qap  # the solver module; imported lazily
-
     if name == "lap":
 
         def solve(u, q, init):

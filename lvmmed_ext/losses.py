@@ -1,5 +1,6 @@
-"""The LVM-Med graph-matching loss (gm_loss); its head module ``LVMMedHead`` (projector + message passing +
-gm_loss) lives in :mod:`lvmmed_ext.heads.gm`.
+"""The LVM-Med graph-matching loss: :func:`gm_loss` on the rows of two views, and :func:`graph_matching_loss` on graphs
+already formed (what the head :class:`lvmmed_ext.heads.gm.LVMMedHead` calls after its message passing); their
+options are one dataclass, :class:`GMOptions`.
 
 Two views of a batch are cut into graphs of ``graph_size`` consecutive images; each view gets a kNN graph;
 vertex affinities (α·global cosine + (1−α)·local region-aware cost) and edge affinities (cosine of edge
@@ -9,17 +10,45 @@ identity by the Hamming loss; gradients come from IMLE (see :mod:`lvmmed_ext.iml
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import ops, qap
+from .diagnostics import affinity_margin, matching_accuracy, tie_shuffle, unshuffled_solve
 from .distributed import all_gather_with_grad, rank, world_size
 from .imle import imle
 from .noise import NOISE_KINDS
+
+
+@dataclass(frozen=True)
+class GMOptions:
+    """The options of the graph-matching loss, with their defaults (the keywords of :func:`gm_loss`; see its
+    docstring for each): graphs of ``graph_size`` images with ``k`` kNN edges per node, vertex affinity weight
+    ``alpha``, IMLE step ``lam``, perturbation ``noise``/``noise_scale``/``samples``/``edge_noise_scale``, edge
+    weight ``quad_weight``, ``partial`` matchings, the ``solver`` method, the local-affinity selections
+    ``top_loc``/``top_feat``, the ``margin`` of the noise-free ablation and the ``distributed`` gather."""
+
+    graph_size: int = 16
+    k: int = 5
+    alpha: float = 0.8
+    lam: float = 80.0
+    noise: str = "gumbel"
+    noise_scale: float = 0.1
+    samples: int = 1
+    quad_weight: float = 0.5
+    partial: bool = False
+    solver: str = "auto"
+    top_loc: int = 20
+    top_feat: int | None = None
+    margin: float = 0.0
+    distributed: bool = False
+    edge_noise_scale: float | None = None
+
 
 _warned_remainder = False
 
@@ -35,7 +64,11 @@ def _warn_remainder_once(B: int, graph_size: int) -> None:
         )
 
 
-def _check_args(z_s, z_t, graph_size, k, alpha, lam, noise, samples, quad_weight) -> None:
+def check_gm_inputs(z_s: Tensor, z_t: Tensor, o: GMOptions) -> None:
+    """``ValueError`` naming the argument for embeddings or options the loss cannot use."""
+    graph_size, k, alpha, lam, noise, samples, quad_weight = (
+        o.graph_size, o.k, o.alpha, o.lam, o.noise, o.samples, o.quad_weight
+    )  # fmt: skip
     if z_s.dim() != 2 or z_t.dim() != 2:
         raise ValueError(f"z_s and z_t must be [B,F], got {list(z_s.shape)} and {list(z_t.shape)}")
     if z_s.shape != z_t.shape:
@@ -99,26 +132,26 @@ def gm_loss(
     y_t: Tensor | None = None,
     pos_s: Tensor | None = None,
     pos_t: Tensor | None = None,
-    graph_size: int = 16,
-    k: int = 5,
-    alpha: float = 0.8,
-    lam: float = 80.0,
-    noise: str = "gumbel",
-    noise_scale: float = 0.1,
-    samples: int = 1,
-    quad_weight: float = 0.5,
-    partial: bool = False,
-    solver: str = "auto",
+    graph_size: int = GMOptions.graph_size,
+    k: int = GMOptions.k,
+    alpha: float = GMOptions.alpha,
+    lam: float = GMOptions.lam,
+    noise: str = GMOptions.noise,
+    noise_scale: float = GMOptions.noise_scale,
+    samples: int = GMOptions.samples,
+    quad_weight: float = GMOptions.quad_weight,
+    partial: bool = GMOptions.partial,
+    solver: str = GMOptions.solver,
     generator: torch.Generator | None = None,
     return_matching: bool = False,
     edges_s: Tensor | None = None,
     edges_t: Tensor | None = None,
-    top_loc: int = 20,
-    top_feat: int | None = None,
-    margin: float = 0.0,
-    distributed: bool = False,
+    top_loc: int = GMOptions.top_loc,
+    top_feat: int | None = GMOptions.top_feat,
+    margin: float = GMOptions.margin,
+    distributed: bool = GMOptions.distributed,
     stats: dict | None = None,
-    edge_noise_scale: float | None = None,
+    edge_noise_scale: float | None = GMOptions.edge_noise_scale,
 ):
     """LVM-Med second-order graph-matching loss with a perturb-and-MAP (IMLE) gradient.
 
@@ -165,40 +198,24 @@ def gm_loss(
         >>> z = torch.randn(32, 128)
         >>> loss = gm_loss(z + 0.1 * torch.randn_like(z), z + 0.1 * torch.randn_like(z))  # 2 graphs of 16
     """
-    _check_args(z_s, z_t, graph_size, k, alpha, lam, noise, samples, quad_weight)
+    o = GMOptions(
+        graph_size=graph_size, k=k, alpha=alpha, lam=lam, noise=noise, noise_scale=noise_scale, samples=samples,
+        quad_weight=quad_weight, partial=partial, solver=solver, top_loc=top_loc, top_feat=top_feat, margin=margin,
+        distributed=distributed, edge_noise_scale=edge_noise_scale,
+    )  # fmt: skip
+    check_gm_inputs(z_s, z_t, o)
     use_local = alpha < 1.0 and y_s is not None and y_t is not None
     maps = [y_s, y_t, pos_s, pos_t] if use_local else [None] * 4
-    (zs, zt, *maps), world, fraction = _graphs([z_s, z_t, *maps], graph_size, distributed)
-    loss, X = _matching_loss(
-        zs.float(),
-        zt.float(),
-        *maps,
-        edges_s,
-        edges_t,
-        k=k,
-        alpha=alpha,
-        lam=lam,
-        noise=noise,
-        noise_scale=noise_scale,
-        samples=samples,
-        quad_weight=quad_weight,
-        partial=partial,
-        solver=solver,
-        generator=generator,
-        top_loc=top_loc,
-        top_feat=top_feat,
-        margin=margin,
-        world=world,
-        fraction=fraction,
-        stats=stats,
-        edge_noise_scale=edge_noise_scale,
-    )
+    (zs, zt, *maps), world, fraction = gm_graphs([z_s, z_t, *maps], graph_size, distributed)
+    loss, X = graph_matching_loss(zs.float(), zt.float(), *maps, edges_s, edges_t, options=o, generator=generator,
+                                  world=world, fraction=fraction, stats=stats)  # fmt: skip
     return (loss, X) if return_matching else loss
 
 
-def _graphs(tensors: list[Tensor | None], n: int, distributed: bool):
+def gm_graphs(tensors: list[Tensor | None], n: int, distributed: bool):
     """Rows -> graphs of n consecutive rows (``[B,...]`` -> ``[G,n,...]``), after the all-rank gather when
-    ``distributed``; a remainder is dropped with a one-time warning. Returns (graphs, world, fraction)."""
+    ``distributed`` (:func:`own_graphs`); a remainder is dropped with a one-time warning. Returns (graphs, world,
+    fraction)."""
     world, fraction = 1, 1.0
     if distributed:
         tensors, world, fraction = own_graphs(tensors, n)
@@ -210,41 +227,36 @@ def _graphs(tensors: list[Tensor | None], n: int, distributed: bool):
 
 
 @torch.compiler.disable
-def _matching_loss(
-    zs,
-    zt,
-    ys,
-    yt,
-    ps,
-    pt,
-    edges_s,
-    edges_t,
+def graph_matching_loss(
+    zs: Tensor,
+    zt: Tensor,
+    ys: Tensor | None = None,
+    yt: Tensor | None = None,
+    ps: Tensor | None = None,
+    pt: Tensor | None = None,
+    edges_s: Tensor | None = None,
+    edges_t: Tensor | None = None,
     *,
-    k,
-    alpha,
-    lam,
-    noise,
-    noise_scale,
-    samples,
-    quad_weight,
-    partial,
-    solver,
-    generator,
-    top_loc,
-    top_feat,
-    margin,
-    world,
-    fraction,
-    stats=None,
-    edge_noise_scale=None,
-):
-    """The loss on graphs ``zs, zt [G,n,F]`` (maps ``[G,n,P,D]``). With W ranks each holding a fraction of the
-    graphs, the rank's loss is W·fraction·(mean over its graphs), so the ranks' losses average to the global mean,
-    and IMLE runs with λ/W: its target step equals the single-process one on the global batch and its gradient is
-    W times the global one, which DDP's averaging over ranks brings back. ``stats`` (a dict or None) receives the
-    diagnostics of :mod:`lvmmed_ext.diagnostics` (``grad_nodes`` once the backward has run)."""
-    from . import ops
+    options: GMOptions = GMOptions(),
+    generator: torch.Generator | None = None,
+    world: int = 1,
+    fraction: float = 1.0,
+    stats: dict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The graph-matching loss on graphs already formed: node embeddings ``zs, zt [G,n,F]`` (float32), optional maps
+    ``ys, yt [G,n,P,D]`` with cell positions ``ps, pt [G,n,P,2]`` (used when ``options.alpha < 1``), optional kNN
+    edges ``[G,n*k,2]`` (computed from the embeddings when None). Returns the loss and the matching ``[G,n,n]``.
 
+    With W ranks each holding a fraction of the graphs (``world``, ``fraction`` from :func:`gm_graphs`), the rank's
+    loss is W·fraction·(mean over its graphs), so the ranks' losses average to the global mean, and IMLE runs with
+    λ/W: its target step equals the single-process one on the global batch and its gradient is W times the global
+    one, which DDP's averaging over ranks brings back. ``stats`` (a dict or None) receives the diagnostics of
+    :mod:`lvmmed_ext.diagnostics` (``grad_nodes`` once the backward has run)."""
+    o = options
+    k, alpha, noise, noise_scale, samples, quad_weight, partial, solver, margin = (
+        o.k, o.alpha, o.noise, o.noise_scale, o.samples, o.quad_weight, o.partial, o.solver, o.margin
+    )  # fmt: skip
+    edge_noise_scale = o.edge_noise_scale
     if edge_noise_scale is not None and not (math.isfinite(edge_noise_scale) and edge_noise_scale >= 0):
         raise ValueError(f"edge_noise_scale must be None or a finite number >= 0, got {edge_noise_scale}")
     n = zs.shape[1]
@@ -253,7 +265,7 @@ def _matching_loss(
     if edges_t is None:
         edges_t = ops.knn_graph(zt.detach(), k)
     if ys is not None:
-        unary = ops.vertex_affinity(zs, zt, ys, yt, ps, pt, alpha=alpha, top_loc=top_loc, top_feat=top_feat)
+        unary = ops.vertex_affinity(zs, zt, ys, yt, ps, pt, alpha=alpha, top_loc=o.top_loc, top_feat=o.top_feat)
     else:
         unary = ops.global_affinity(zs, zt)
     eye = torch.eye(n, device=zs.device, dtype=unary.dtype)
@@ -281,7 +293,7 @@ def _matching_loss(
         edges_s if with_quad else None,
         edges_t if with_quad else None,
         solver=solve,
-        lam=lam / world,
+        lam=o.lam / world,
         noise=noise,
         noise_scale=noise_scale,
         samples=samples,
@@ -298,9 +310,6 @@ def _matching_loss(
 def _tie_safe_solver(edges_s, edges_t, samples: int, partial: bool, method: str):
     """A solver for :func:`imle` (``solve(unary, quad, init)``) that solves with the columns in the fixed shuffled
     order of :func:`lvmmed_ext.diagnostics.unshuffled_solve`, so exact ties never favour the identity."""
-    from . import qap
-    from .diagnostics import tie_shuffle, unshuffled_solve
-
     es = None if edges_s is None else edges_s.repeat(samples, 1, 1)
     et = None if edges_t is None else edges_t.repeat(samples, 1, 1)
 
@@ -319,49 +328,12 @@ def _tie_safe_solver(edges_s, edges_t, samples: int, partial: bool, method: str)
 def _noise_free_stats(unary, quad, edges_s, edges_t, *, partial, solver) -> dict[str, float]:
     """``match_acc`` of the unperturbed problem's solution (no noise, no margin; the same QAP or LAP the loss
     solves) and the vertex-affinity ``margin`` (see :mod:`lvmmed_ext.diagnostics`)."""
-    from .diagnostics import affinity_margin, matching_accuracy, unshuffled_solve
-    from .qap import linear_assignment, solve_qap
-
     u = unary.detach().float()
     if quad is None:
-        X = unshuffled_solve(lambda s, _: linear_assignment(s, maximize=True, partial=partial), u)
+        X = unshuffled_solve(lambda s, _: qap.linear_assignment(s, maximize=True, partial=partial), u)
     else:
         q = quad.detach().float()
         X = unshuffled_solve(
-            lambda s, label: solve_qap(s, q, edges_s, label[edges_t], partial=partial, method=solver), u
+            lambda s, label: qap.solve_qap(s, q, edges_s, label[edges_t], partial=partial, method=solver), u
         )
     return {"match_acc": float(matching_accuracy(X)), "margin": float(affinity_margin(u))}
-
-
-# gm_loss keyword options that LVMMedHead forwards, with gm_loss's defaults (read from its signature).
-_HEAD_LOSS_OPTIONS = {
-    name: p.default
-    for name, p in inspect.signature(gm_loss).parameters.items()
-    if name
-    in (
-        "lam",
-        "noise",
-        "noise_scale",
-        "samples",
-        "quad_weight",
-        "partial",
-        "solver",
-        "generator",
-        "top_loc",
-        "top_feat",
-        "margin",
-        "edge_noise_scale",
-    )
-}
-
-
-_MOVED = ("GCN", "GraphConv", "LVMMedHead", "GNN_KINDS", "GNN_AGGREGATIONS")
-
-
-def __getattr__(name: str):
-    """``LVMMedHead``, ``GCN``, ``GraphConv`` live in :mod:`lvmmed_ext.heads.gm`; still importable from here."""
-    if name in _MOVED:
-        from .heads import gm
-
-        return getattr(gm, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

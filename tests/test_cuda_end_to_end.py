@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from lvmmed_ext.losses import LVMMedHead, gm_loss
+from lvmmed_ext import LVMMedHead, gm_loss
 
 
 def _inputs(B, F, P, D, seed=0):

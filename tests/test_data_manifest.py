@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lvmmed_ext.data import manifest
-from lvmmed_ext.data.io import scan
+from lvmmed_ext.data.io import walk
+from lvmmed_ext.data.manifest import scan
 from lvmmed_ext.errors import UsageError
 
 OLD = 1_600_000_000  # a modification time far outside the racy window
@@ -97,3 +98,13 @@ def test_scan_command(tmp_path, capsys):
     assert "6 images in 6 files" in out and "7 headers read, 0 reused" in out
     assert manifest.main([str(tmp_path / "nope")]) == 2
     assert "lvmmed scan: error: scan " in capsys.readouterr().err
+
+
+def test_a_symlink_loop_is_walked_once(tmp_path):
+    # a link back to an ancestor folder used to be followed ~40 levels deep, multiplying every image
+    _tree(tmp_path / "data", n=4)
+    os.symlink(str(tmp_path / "data"), str(tmp_path / "data" / "d0" / "loop"))
+    os.symlink(str(tmp_path / "data" / "d1"), str(tmp_path / "data" / "d1-again"))  # a second name for a folder
+    assert scan(tmp_path / "data", manifest=True).count == 4
+    assert scan(tmp_path / "data").count == 4
+    assert len(walk(str(tmp_path / "data"))) == 5  # the 4 images and notes.txt

@@ -24,7 +24,9 @@ from lvmmed_ext.data.mixture import (
 )
 from lvmmed_ext.errors import UsageError
 from lvmmed_ext.train import pretrain
-from lvmmed_ext.train.cli import build_config, load_config_file, parser
+from lvmmed_ext.train.cli import parser
+from lvmmed_ext.train.config import build_config, load_config_file
+from lvmmed_ext.train.pipeline import build_pipeline
 
 VIEWS = MultiViewConfig(ViewConfig(size=16, grid=(1, 1)))
 
@@ -162,3 +164,28 @@ def test_mixed_run_records_the_mixture_and_resumes_exactly(tmp_path):
     assert json.load(open(tmp_path / "part" / "config.json"))["mixture"]["seen"] == record["seen"]
     again = build_config(parser().parse_args([]), None, load_config_file(str(tmp_path / "full" / "config.json")))
     assert again.datasets == kw["datasets"] and again.data == "" and again.balance == "none"
+
+
+def test_one_folder_under_two_names_and_a_bad_weight_are_refused(tmp_path):
+    a = make_image_folder(tmp_path / "a", n=4)
+    with pytest.raises(UsageError, match=r"--data x=.* and --data y=.* are the same folder"):
+        pretrain(tiny_config("", tmp_path / "r1", datasets=[f"x={a}", f"y={a}"]))
+    os.symlink(str(a), str(tmp_path / "alias"))
+    with pytest.raises(UsageError, match="are the same folder"):
+        pretrain(tiny_config("", tmp_path / "r2", datasets=[f"x={a}:1", f"y={tmp_path / 'alias'}:2"]))
+    with pytest.raises(UsageError, match=r"WEIGHT must be a number > 0, got 'abc'"):
+        parse_data_spec(f"x={a}:abc")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_balance_with_a_single_dataset_gives_a_notice(tmp_path):
+    a = make_image_folder(tmp_path / "a", n=4)
+    lines: list[str] = []
+    build_pipeline(tiny_config("", tmp_path / "r1", datasets=[f"x={a}"], balance="dataset"), log=lines.append)
+    assert any("--balance dataset has no effect with a single dataset" in line for line in lines)
+    lines.clear()
+    build_pipeline(tiny_config(str(a), tmp_path / "r2", balance="modality"), log=lines.append)
+    assert any("--balance modality has no effect with a single --data folder" in line for line in lines)
+    lines.clear()
+    build_pipeline(tiny_config(str(a), tmp_path / "r3"), log=lines.append)
+    assert not any("no effect" in line for line in lines)

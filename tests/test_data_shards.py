@@ -194,3 +194,22 @@ def pretrain_run(data, out, stop_after=None, resume=None, **kw):
     from lvmmed_ext.train import pretrain
 
     return pretrain(tiny_config(data, out, **kw), stop_after=stop_after, resume=resume)
+
+
+def test_no_readable_member_stops_with_one_line_instead_of_hanging(shards, tmp_path, capsys):
+    # every shard truncated to 0 bytes: the stream used to skip unreadable members forever, printing nothing
+    import shutil
+
+    from lvmmed_ext.train.cli import main as pretrain_main
+
+    copy = str(tmp_path / "sh")
+    shutil.copytree(shards, copy)
+    for s in load_index(copy)["shards"]:
+        open(os.path.join(copy, s["name"]), "wb").close()
+    with pytest.raises(UsageError, match="no shard member is readable"):
+        _take(_stream(copy), 1)
+    args = ["--data", copy, "--loss", "infonce", "--steps", "2", "--batch-size", "4", "--workers", "1",
+            "--arch", "resnet18", "--width", "4", "--image-size", "32", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert pretrain_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: --data" in err[0] and "no shard member is readable" in err[0]

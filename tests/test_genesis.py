@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from train_utils import make_image_folder
 
-from lvmmed_ext.data.genesis import (
+from lvmmed_ext.heads import build_head
+from lvmmed_ext.heads.genesis import GenesisHead
+from lvmmed_ext.heads.genesis_transforms import (
     GenesisConfig,
     bezier_curve,
     genesis_pair,
@@ -19,8 +21,6 @@ from lvmmed_ext.data.genesis import (
     nonlinear_transform,
     outpaint,
 )
-from lvmmed_ext.heads import build_head
-from lvmmed_ext.heads.genesis import GenesisHead
 from lvmmed_ext.models import resnet18
 from lvmmed_ext.models.unet import build_encoder
 from lvmmed_ext.train.trainer import encoder_stages

@@ -10,9 +10,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import lvmmed_ext
-from lvmmed_ext import losses
+from lvmmed_ext import LVMMedHead, gm_loss, losses
 from lvmmed_ext.imle import edge_pair_indicators
-from lvmmed_ext.losses import LVMMedHead, gm_loss
 
 
 def views(B, F, noise=0.5, seed=0, dtype=torch.float32):

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 import lvmmed_ext
-from lvmmed_ext import losses, ops, qap
+from lvmmed_ext import LVMMedHead, gm_loss, losses, ops, qap
+from lvmmed_ext.data.demo import DEMO_HEAD_OPTS
 from lvmmed_ext.errors import UsageError
 from lvmmed_ext.heads import gm as gm_head
-from lvmmed_ext.losses import LVMMedHead, gm_loss
 from lvmmed_ext.models import resnet18
 from lvmmed_ext.train import SSLModel
-from lvmmed_ext.train.cli import DEMO_HEAD_OPTS, GM_FLAGS, GM_SWITCHES, build_config, gm_defaults, parser
+from lvmmed_ext.train.cli import parser
+from lvmmed_ext.train.config import GM_OPTIONS, build_config, gm_defaults
 
 B, D = 16, 12
 
@@ -129,13 +130,13 @@ def test_no_gnn_has_no_gcn_parameters_and_matches_the_projector_only_loss(monkey
     assert plain.gnn is None and not any(n.startswith("gnn.") for n, _ in plain.named_parameters())
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in full.projector.parameters())
     seen = []
-    real = gm_head._matching_loss
+    real = gm_head.graph_matching_loss
 
     def record(zs, zt, *a, **k):
         seen.append(zs.detach().clone())
         return real(zs, zt, *a, **k)
 
-    monkeypatch.setattr(gm_head, "_matching_loss", record)
+    monkeypatch.setattr(gm_head, "graph_matching_loss", record)
     h_s, h_t, *maps = _inputs()
     plain(h_s, h_t, *maps)
     full(h_s, h_t, *maps)
@@ -148,7 +149,7 @@ def test_no_gnn_has_no_gcn_parameters_and_matches_the_projector_only_loss(monkey
 def test_graphconv_equals_a_float64_loop(aggr):
     """x_i <- W_root x_i + b + W_nbr aggr_{j in kNN(i)} x_j, ReLU between layers, none after the last."""
     torch.manual_seed(0)
-    net = losses.GraphConv(6, layers=2, aggr=aggr).double()
+    net = gm_head.GraphConv(6, layers=2, aggr=aggr).double()
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     edges = torch.tensor([[[0, 1], [0, 2], [1, 0], [2, 4], [3, 4], [4, 3]]] * 2)
     edges[1, 0] = torch.tensor([0, 3])
@@ -167,20 +168,20 @@ def test_graphconv_equals_a_float64_loop(aggr):
 
 
 def test_gnn_kind_and_normalize_options(monkeypatch):
-    assert isinstance(_head().gnn, losses.GraphConv) and isinstance(_head(gnn="gcn").gnn, losses.GCN)  # default
+    assert isinstance(_head().gnn, gm_head.GraphConv) and isinstance(_head(gnn="gcn").gnn, gm_head.GCN)  # default
     assert _head(gnn="graphconv", gnn_aggr="max").gnn.aggr == "max"
     with pytest.raises(ValueError, match="gnn must be one of"):
         _head(gnn="gat")
     with pytest.raises(ValueError, match="gnn_aggr must be one of"):
         _head(gnn="graphconv", gnn_aggr="median")
     seen = []
-    real = gm_head._matching_loss
+    real = gm_head.graph_matching_loss
 
     def record(zs, zt, *a, **k):
         seen.append(zs.detach().clone())
         return real(zs, zt, *a, **k)
 
-    monkeypatch.setattr(gm_head, "_matching_loss", record)
+    monkeypatch.setattr(gm_head, "graph_matching_loss", record)
     h_s, h_t, *maps = _inputs()
     _head(normalize=True)(h_s, h_t, *maps)
     torch.testing.assert_close(seen[0].norm(dim=-1), torch.ones(2, 8))  # unit node embeddings reach the matching
@@ -267,7 +268,7 @@ def test_each_flag_sets_its_head_option():
         for key, value in opts.items():
             got = head.gnn is not None if key == "use_gnn" else getattr(head, key, head.loss_kwargs.get(key))
             assert got == value, key
-    flags = {flag for flag, *_ in GM_FLAGS} | {flag for flag, *_ in GM_SWITCHES}
+    flags = {o.flag for o in GM_OPTIONS}
     assert {
         "--no-edge-term",
         "--no-local-term",
@@ -277,7 +278,7 @@ def test_each_flag_sets_its_head_option():
         "--graph-size",
         "--samples",
     } <= flags
-    assert set(gm_defaults()) >= {key for _, key, *_ in GM_FLAGS}  # every flag's default comes from a signature
+    assert set(gm_defaults()) >= {o.head_option for o in GM_OPTIONS}  # every flag's default comes from a signature
 
 
 def test_flags_combine_with_head_opt_and_the_demo_and_refuse_conflicts():

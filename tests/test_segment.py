@@ -417,3 +417,12 @@ def test_ablation_table_gets_a_segmentation_column():
     assert "| t: linear probe | t: kNN | seg Dice |" in text and "| 0.800 | 0.700 | 0.654 |" in text
     assert "- `segment`: U-Net fine-tuning (all weights trained, 20 epochs at 96 px; 2 classes" in text
     assert "seg Dice" not in markdown_table([row], {**settings, "segment": None})
+
+
+def test_an_empty_mask_cell_is_named(tmp_path):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((8, 8), np.uint8))
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("image,mask\na.png,\n")
+    with pytest.raises(UsageError, match=r"pairs.csv line 2: the mask column is empty"):
+        list_pairs(str(csv_path))

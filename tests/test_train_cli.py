@@ -9,9 +9,11 @@ import torch
 from train_utils import make_image_folder, tiny_config
 
 from lvmmed_ext.cli import main as lvmmed
+from lvmmed_ext.data.demo import DEMO
 from lvmmed_ext.models import build_backbone, load_pretrained
 from lvmmed_ext.train import pretrain
-from lvmmed_ext.train.cli import DEMO, build_config, parser
+from lvmmed_ext.train.cli import parser
+from lvmmed_ext.train.config import build_config
 
 TINY = ["--arch", "resnet18", "--width", "4", "--loss", "infonce", "--image-size", "32", "--batch-size", "4",
         "--steps", "2", "--workers", "0", "--head-opt", "hidden_dim=8", "--head-opt", "out_dim=4"]  # fmt: skip
@@ -168,7 +170,7 @@ def test_config_file_settings_sit_between_the_demo_and_the_command_line(tmp_path
     cfg_file.write_text(json.dumps({"data": "scans", "arch": "resnet18", "steps": 9, "lr": 1e-3, "out": "elsewhere",
                                     "head_opts": {"noise_scale": 0.2}, "preprocessing": {"preset": "ct", "axis": 1},
                                     "max_side": 128}))  # fmt: skip
-    from lvmmed_ext.train.cli import load_config_file
+    from lvmmed_ext.train.config import load_config_file
 
     settings = load_config_file(str(cfg_file))
     args = parser().parse_args(["--config", str(cfg_file), "--steps", "4", "--head-opt", "k=3", "--axis", "0"])
@@ -181,8 +183,7 @@ def test_config_file_settings_sit_between_the_demo_and_the_command_line(tmp_path
 
 def test_a_runs_config_json_repeats_it(run):
     root, _, result = run
-    from lvmmed_ext.train.cli import load_config_file
-    from lvmmed_ext.train.trainer import TrainConfig
+    from lvmmed_ext.train.config import TrainConfig, load_config_file
 
     saved = os.path.join(result.out, "config.json")
     cfg = build_config(parser().parse_args(["--config", saved, "--out", str(root / "again")]), None,
@@ -223,3 +224,11 @@ def test_config_file_data_is_enough(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"data": str(tmp_path / "empty")}))
     _fails_cleanly(capsys, ["pretrain", "--config", str(path), *TINY], "is empty", tmp_path)  # past the no-data check
+
+
+def test_an_image_given_as_checkpoint_is_named_as_such(run, tmp_path, capsys):
+    root, data, _ = run
+    png = next(p for p in sorted(os.listdir(data)) if p.endswith(".png"))
+    for argv in (["export", str(data / png), str(tmp_path / "x.pth")],
+                 ["pretrain", "--data", str(data), "--resume", str(data / png), *TINY]):  # fmt: skip
+        _fails_cleanly(capsys, argv, "is not an lvmmed pretrain checkpoint (it looks like a PNG image)", root)

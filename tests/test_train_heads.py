@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from lvmmed_ext import LVMMedHead
 from lvmmed_ext.errors import UsageError
-from lvmmed_ext.losses import LVMMedHead
 from lvmmed_ext.models import resnet18
 from lvmmed_ext.train import SSLModel, build_head, info_nce, milestones, vicreg
 from lvmmed_ext.train.heads import Head, HeadUnavailable, InfoNCEHead, VICRegHead

@@ -11,8 +11,11 @@ Rows with ``gate: true`` (our own methods) are compared against a baseline; peer
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+
+from .subjects import SUBJECTS
 
 SCHEMA = 1
 
@@ -158,10 +161,6 @@ def tag_line(env: dict, json_path: str | None = None) -> str:
 
 def subject_markdown(subject: str, rows: list[dict]) -> str:
     """The subject's own tables (its module's ``markdown(rows)``), or the generic table."""
-    import importlib
-
-    from .subjects import SUBJECTS
-
     module = importlib.import_module(SUBJECTS[subject]) if subject in SUBJECTS else None
     if module is not None and hasattr(module, "markdown"):
         return module.markdown(rows).rstrip("\n")

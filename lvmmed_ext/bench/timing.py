@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from .. import __version__
+
 # Dense peak rates used for "fraction of peak" (datasheet figures, FLOP/s and bytes/s); None where unknown.
 DEVICE_PEAKS = {
     "H100": {"fp32_flops": 67e12, "tf32_flops": 495e12, "bf16_flops": 990e12, "hbm_bytes_per_s": 3.35e12},
@@ -153,8 +155,6 @@ def _version(module: str) -> str | None:
 
 def environment(device) -> dict:
     """Device, versions, threads, load, date and commit: what every benchmark result is tagged with."""
-    from .. import __version__
-
     env = {
         "device": device_name(device),
         "device_kind": device_kind(device),

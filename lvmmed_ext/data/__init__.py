@@ -1,7 +1,8 @@
 """Data for pretraining and evaluation: readers (PNG/JPEG/TIFF, DICOM, NIfTI), intensity presets, views."""
 
 from .datasets import ImageSet, Item, PretrainDataset, StreamBatchSampler, collate_views
-from .io import ReadError, ScanResult, Source, read_source, scan
+from .io import ReadError, ScanResult, Source, read_source
+from .manifest import scan
 from .presets import PRESETS, Preprocessing, apply_preset
 from .views import MultiViewConfig, ViewConfig, cell_centres, make_view
 

@@ -289,3 +289,58 @@ def mni152_segmentation_task(out_dir: str, slab: int = 10, margin: int = 2, step
                 cv2.imwrite(os.path.join(out_dir, sub, name), np.ascontiguousarray(np.rot90(arr)))
             rows.append((f"images/{name}", f"masks/{name}", split))
     return _write_csv(os.path.join(out_dir, "pairs.csv"), ["image", "mask", "split"], rows)
+
+
+# --- the demo run: its settings and labelled tasks (used by lvmmed pretrain --demo, lvmmed ablate --demo, eval) ---
+
+# ResNet-18 on 96-px views of the offline images, sized to finish pretraining + evaluation in a few minutes on 2 CPU
+# cores; settings of lvmmed_ext.train.config.TrainConfig (and its preprocessing key max_side).
+DEMO = {
+    "arch": "resnet18",
+    "image_size": 96,
+    # crops of at least a quarter of the image: with 0.08 two views of one slice often share nothing, and matching
+    # them teaches invariance to where in the slice a crop lies (docs/STUDY.md, crop-scale pilot)
+    "crop_scale": (0.25, 1.0),
+    "batch_size": 32,
+    "steps": 150,
+    "ckpt_every": 50,
+    "max_side": 256,
+}
+# Demo head options per loss: the best of 8 settings per loss tuned with equal budgets (docs/STUDY.md §4):
+# narrower projectors for the half-width CPU backbone and, for VICReg, a variance weight of 10. gm runs with its
+# defaults (which the same tuning chose).
+DEMO_HEAD_OPTS = {
+    "infonce": {"hidden_dim": 512, "out_dim": 128},
+    "vicreg": {"hidden_dim": 512, "out_dim": 512, "var_weight": 10.0},
+}
+# The demo's labelled tasks, in report order: (name, description, builder in this module).
+DEMO_TASKS = (
+    (
+        "region",
+        "MNI152 anatomical region (front-to-back band of the MNI y coordinate) of a 48x48 mm patch",
+        "mni152_region_task",
+    ),
+    (
+        "tissue",
+        "MNI152 tissue class (grey matter / white matter / CSF) of a 24x24 mm patch's centre voxel",
+        "mni152_tissue_task",
+    ),
+)
+
+
+def mni152_available() -> bool:
+    """Whether the MNI152 files the demo tasks need are installed (nilearn)."""
+    return mni152_paths() is not None
+
+
+def demo_task_csvs(folder: str, seed: int) -> list[tuple[str, str, str]]:
+    """The demo's labelled tasks (``DEMO_TASKS``), each built in ``folder/<name>`` with ``seed``: a list of (name,
+    description, CSV path). ``UsageError`` without nilearn."""
+    builders = {"mni152_region_task": mni152_region_task, "mni152_tissue_task": mni152_tissue_task}
+    return [(name, about, builders[b](os.path.join(folder, name), seed=seed)) for name, about, b in DEMO_TASKS]
+
+
+def demo_label_specs(folder: str, seed: int) -> list[str]:
+    """``NAME=CSV`` label specs of the demo's tasks (built in ``folder/<name>`` with ``seed``, the same files the
+    demo evaluation uses; supervised pretraining reads only their train rows). ``UsageError`` without nilearn."""
+    return [f"{name}={csv_path}" for name, _, csv_path in demo_task_csvs(folder, seed)]

@@ -141,6 +141,41 @@ def _tiff_count(shape: tuple[int, ...]) -> int:
     return int(np.prod(lead, dtype=np.int64)) if lead else 1
 
 
+def walk(root: str) -> list[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` of every non-hidden file under ``root`` (symlinks followed), in the order
+    of ``os.walk`` with sorted names (a folder's files, then its sub-folders). Every real folder is visited once: a
+    link back to a folder already seen (a loop, or a second name for it) is not followed again."""
+    out: list[tuple[str, int, int]] = []
+    visited: set[tuple[int, int]] = set()
+
+    def visit(folder: str, rel: str) -> None:
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in visited:
+                return
+            visited.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    subdirs.append(e)
+                    continue
+                st = e.stat()
+            except OSError:
+                continue
+            out.append((rel + e.name, st.st_size, st.st_mtime_ns))
+        for d in subdirs:
+            visit(d.path, rel + d.name + "/")
+
+    visit(root, "")
+    return out
+
+
 def no_images_error(result: ScanResult, what: str, root: str, n_files: int) -> UsageError:
     """The error of a scan that found no readable image: what was there and the first unreadable file."""
     detail = (
@@ -152,58 +187,6 @@ def no_images_error(result: ScanResult, what: str, root: str, n_files: int) -> U
         f"no readable images in {what} {root}: {n_files} file(s), {result.ignored} of other types, {detail}; "
         f"supported: {SUPPORTED}"
     )
-
-
-def scan(
-    paths: str | os.PathLike | list, axis: int = 2, what: str = "--data", manifest: bool = False, workers: int = 0
-) -> ScanResult:
-    """Find the images under a folder (recursively; hidden files skipped), or check an explicit file list.
-
-    Reads headers only. Files whose header cannot be read are returned in ``skipped`` with the reason;
-    files of other types are counted in ``ignored``. Raises ``UsageError`` for a missing or empty folder and
-    for a folder without any image, naming the folder and what was found. With ``manifest`` a folder is scanned
-    through its manifest (headers of unchanged files reused, see :func:`lvmmed_ext.data.manifest.scan_folder`),
-    reading headers in ``workers`` processes.
-
-    Example:
-        >>> from lvmmed_ext.data.io import scan
-        >>> scan("/does/not/exist")
-        Traceback (most recent call last):
-        ...
-        lvmmed_ext.errors.UsageError: --data /does/not/exist does not exist
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        root = os.fspath(paths)
-        if not os.path.exists(root):
-            raise UsageError(f"{what} {root} does not exist")
-        if os.path.isfile(root):
-            files = [root]
-        elif manifest:
-            from .manifest import scan_folder
-
-            return scan_folder(root, axis, what, workers=workers)
-        else:
-            files = []
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
-            if not files:
-                raise UsageError(f"{what} {root} is empty (expected {SUPPORTED} files)")
-    else:
-        root, files = "the file list", [os.fspath(p) for p in paths]
-    result = ScanResult([])
-    for path in files:
-        kind = _kind_of(path)
-        if kind is None:
-            result.ignored += 1
-            continue
-        try:
-            result.sources.append(read_header(path, kind, axis))
-        except ReadError as e:
-            result.skipped.append((path, str(e)))
-    if not result.sources:
-        raise no_images_error(result, what, root, len(files))
-    return result
 
 
 def _to_channels(vol: np.ndarray, colour: bool, in_chans: int) -> np.ndarray:

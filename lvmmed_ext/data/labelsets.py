@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .datasets import ImageSet, Item
-from .io import scan
+from .manifest import scan
 from .presets import Preprocessing
 
 

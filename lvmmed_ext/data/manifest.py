@@ -22,8 +22,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
-from ..errors import UsageError
-from .io import SUPPORTED, ReadError, ScanResult, Source, _kind_of, no_images_error, read_header
+from ..errors import UsageError, run_command
+from ..options import add_arguments
+from ..system import reader_processes
+from .io import SUPPORTED, ReadError, ScanResult, Source, _kind_of, no_images_error, read_header, walk
+from .presets import PREP_OPTIONS
 
 MANIFEST_NAME = ".lvmmed-manifest.tsv"
 FORMAT, VERSION = "lvmmed-manifest", 1
@@ -43,35 +46,6 @@ class Entry(NamedTuple):
     size: int
     mtime_ns: int
     reason: str = ""
-
-
-def walk(root: str) -> list[tuple[str, int, int]]:
-    """``(relative path, size, mtime_ns)`` of every non-hidden file under ``root`` (symlinks followed), in the order
-    of ``os.walk`` with sorted names (a folder's files, then its sub-folders)."""
-    out: list[tuple[str, int, int]] = []
-
-    def visit(folder: str, rel: str) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            return
-        subdirs = []
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir():
-                    subdirs.append(e)
-                    continue
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((rel + e.name, st.st_size, st.st_mtime_ns))
-        for d in subdirs:
-            visit(d.path, rel + d.name + "/")
-
-    visit(root, "")
-    return out
 
 
 def default_path(root: str) -> str:
@@ -271,6 +245,53 @@ def scan_folder(
     return result
 
 
+def scan(
+    paths: str | os.PathLike | list, axis: int = 2, what: str = "--data", manifest: bool = False, workers: int = 0
+) -> ScanResult:
+    """Find the images under a folder (recursively; hidden files skipped), or check an explicit file list.
+
+    Reads headers only. Files whose header cannot be read are returned in ``skipped`` with the reason;
+    files of other types are counted in ``ignored``. Raises ``UsageError`` for a missing or empty folder and
+    for a folder without any image, naming the folder and what was found. With ``manifest`` a folder is scanned
+    through its manifest (headers of unchanged files reused, see :func:`scan_folder`),
+    reading headers in ``workers`` processes.
+
+    Example:
+        >>> from lvmmed_ext.data.manifest import scan
+        >>> scan("/does/not/exist")
+        Traceback (most recent call last):
+        ...
+        lvmmed_ext.errors.UsageError: --data /does/not/exist does not exist
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        root = os.fspath(paths)
+        if not os.path.exists(root):
+            raise UsageError(f"{what} {root} does not exist")
+        if os.path.isfile(root):
+            files = [root]
+        elif manifest:
+            return scan_folder(root, axis, what, workers=workers)
+        else:
+            files = [os.path.join(root, rel) for rel, _, _ in walk(root)]
+            if not files:
+                raise UsageError(f"{what} {root} is empty (expected {SUPPORTED} files)")
+    else:
+        root, files = "the file list", [os.fspath(p) for p in paths]
+    result = ScanResult([])
+    for path in files:
+        kind = _kind_of(path)
+        if kind is None:
+            result.ignored += 1
+            continue
+        try:
+            result.sources.append(read_header(path, kind, axis))
+        except ReadError as e:
+            result.skipped.append((path, str(e)))
+    if not result.sources:
+        raise no_images_error(result, what, root, len(files))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lvmmed scan",
@@ -279,15 +300,16 @@ def main(argv: list[str] | None = None) -> int:
         "DDP rank reuse; a later scan re-reads only new and changed files.",
     )
     p.add_argument("data", nargs="+", help="data folder(s)")
-    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="NIfTI axis to slice (2)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="header-reading processes (all cores)")
+    add_arguments(p, [o for o in PREP_OPTIONS if o.key == "axis"], "prepare")
+    p.add_argument("--workers", type=int, default=reader_processes(), help="header-reading processes (all cores)")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         if args.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {args.workers}")
         for folder in args.data:
             t0 = time.perf_counter()
-            r = scan_folder(folder, args.axis, what="scan", workers=args.workers, progress=True)
+            r = scan_folder(folder, getattr(args, "axis", 2), what="scan", workers=args.workers, progress=True)
             kinds: dict[str, int] = {}
             for s in r.sources:
                 kinds[s.kind] = kinds.get(s.kind, 0) + s.count
@@ -297,10 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.ignored} of other types; {r.read} headers read, {r.reused} reused in "
                 f"{time.perf_counter() - t0:.2f} s; manifest {r.manifest or 'not written (no writable location)'}"
             )
-    except UsageError as e:
-        print(f"lvmmed scan: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("lvmmed scan", run)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def parse_data_spec(text: str) -> DataSpec:
         try:
             weight = float(tail)
         except ValueError:
+            if os.path.exists(path) and not os.path.exists(rest):  # DIR exists, ':tail' is a bad weight
+                raise UsageError(f"--data {text}: WEIGHT must be a number > 0, got {tail!r}") from None
             path = rest  # a colon inside the path
         else:
             if not (weight > 0 and math.isfinite(weight)):
@@ -73,8 +75,8 @@ def parse_data_spec(text: str) -> DataSpec:
 
 
 def check_specs(specs: list[DataSpec], balance: str) -> None:
-    """``UsageError`` for duplicate names, weights given for some datasets only, or ``--balance dataset`` together
-    with weights (both would set the dataset proportions)."""
+    """``UsageError`` for duplicate names, one folder under two names, weights given for some datasets only, or
+    ``--balance dataset`` together with weights (both would set the dataset proportions)."""
     if balance not in BALANCE:
         raise UsageError(f"--balance must be one of {', '.join(BALANCE)}, got {balance!r}")
     names = [s.name for s in specs]
@@ -87,6 +89,15 @@ def check_specs(specs: list[DataSpec], balance: str) -> None:
         raise UsageError(f"--data weights must be given for every dataset or none; missing for {', '.join(missing)}")
     if all(weighted) and balance == "dataset":
         raise UsageError("--balance dataset sets equal dataset proportions; drop it or drop the :WEIGHT values")
+    seen: dict[str, DataSpec] = {}
+    for s in specs:
+        real = os.path.realpath(s.path)
+        if real in seen:
+            raise UsageError(
+                f"--data {seen[real].text()} and --data {s.text()} are the same folder ({real}): its images would be "
+                "sampled twice; pass it once"
+            )
+        seen[real] = s
 
 
 def group_probabilities(

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..options import Option
+
 PRESETS = ("auto", "ct", "mr", "xray", "range")
 PRESET_HELP = {
     "auto": "pick per file: DICOM Modality (CT -> ct, MR/NM/PT -> mr, CR/DX/MG/... -> xray), NIfTI with HU-like "
@@ -68,6 +70,72 @@ class Preprocessing:
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
+
+
+# The preprocessing settings as options (defaults from Preprocessing): rows of the pretraining table
+# (lvmmed_ext.train.config) and of lvmmed prepare. "mean"/"std" are fixed and only recorded.
+PREP_OPTIONS = (
+    Option(
+        "preset",
+        "--preset",
+        Preprocessing.preset,
+        "intensity preset: " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
+        choices=PRESETS,
+        group="data",
+        commands=("pretrain", "ablate", "prepare"),
+    ),  # fmt: skip
+    Option(
+        "window",
+        "--window",
+        Preprocessing.window,
+        "CT window in HU",
+        "tuple[float, float]",
+        group="data",
+        metavar=("LEVEL", "WIDTH"),
+        commands=("pretrain", "ablate", "prepare"),
+    ),  # fmt: skip
+    Option(
+        "percentiles",
+        "--percentiles",
+        Preprocessing.percentiles,
+        "MR percentiles",
+        "tuple[float, float]",
+        group="data",
+        metavar=("LOW", "HIGH"),
+        commands=("pretrain", "ablate", "prepare"),
+    ),  # fmt: skip
+    Option(
+        "in_chans",
+        "--in-chans",
+        Preprocessing.in_chans,
+        "network input channels",
+        "int",
+        choices=(1, 3),
+        group="data",
+        commands=("pretrain", "ablate", "prepare"),
+        help_for=(("prepare", "stored channels"),),
+    ),  # fmt: skip
+    Option(
+        "max_side",
+        "--max-side",
+        Preprocessing.max_side,
+        "downscale longer sides to this at load time, 0 = never",
+        "int",
+        group="data",
+        commands=("pretrain", "ablate", "prepare"),
+    ),  # fmt: skip
+    Option(
+        "axis",
+        "--axis",
+        Preprocessing.axis,
+        "NIfTI axis to slice",
+        "int",
+        choices=(0, 1, 2),
+        group="data",
+        commands=("pretrain", "ablate", "prepare"),
+    ),  # fmt: skip
+)
+PREP_KEYS = tuple(o.key for o in PREP_OPTIONS)
 
 
 def resolve_preset(preset: str, kind: str, modality: str | None, raw: np.ndarray, has_hu: bool) -> str:

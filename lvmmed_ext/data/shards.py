@@ -13,7 +13,7 @@ shards. Micro-step ``m`` of a rank comes from its worker ``m mod workers`` (the 
 lane's ``m div workers``-th batch, so resuming at a micro-step skips each lane to its place from the shard counts
 alone (nothing decoded) and continues the same stream. A member that does not decode is replaced by the next
 readable member of its shard (and counted), so positions never shift; a shard that cannot be opened at all is
-skipped with a count.
+skipped with a count; a whole pass over the shards without a readable member stops the run with one line.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ import cv2
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import UsageError
+from ..errors import UsageError, run_command
+from ..options import add_arguments
+from ..system import reader_processes
 from .datasets import views_of
-from .io import ReadError, read_source, scan
-from .manifest import CountBar
+from .io import ReadError, read_source
+from .manifest import CountBar, scan
 from .mixture import parse_data_spec
-from .presets import Preprocessing
+from .presets import PREP_KEYS, PREP_OPTIONS, Preprocessing
 from .views import MultiViewConfig
 
 INDEX_NAME = "shards.json"
@@ -343,6 +345,7 @@ class ShardStream(IterableDataset):
         stream = self.lane_samples(lane, done * self.batch_size)
         position = done * self.batch_size
         pending_bad: list = []
+        misses = 0  # positions in a row without a readable member: a whole pass over the shards stops the run
         while True:
             batch = []
             while len(batch) < self.batch_size:
@@ -351,7 +354,12 @@ class ShardStream(IterableDataset):
                 rng = np.random.default_rng([self.seed, 9, lane, position])
                 position += 1
                 if img is None:
+                    misses += 1
+                    if misses > len(self):
+                        last = f" (last failure: {pending_bad[-1][0]}: {pending_bad[-1][1]})" if pending_bad else ""
+                        raise UsageError(f"--data {self.folder}: no shard member is readable{last}")
                     continue
+                misses = 0
                 scale = tuple(meta.get("scale", (1.0, 1.0)))
                 sample = views_of(img, scale, rng, self.views, self.prep, self.pair)
                 batch.append({**sample, "bad": pending_bad, "index": -1, "member": member})
@@ -359,9 +367,8 @@ class ShardStream(IterableDataset):
             yield batch
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..train.cli import _PREP_KEYS
-
+def parser() -> argparse.ArgumentParser:
+    """The ``lvmmed prepare`` options (the preprocessing flags are the rows of ``PREP_OPTIONS``)."""
     p = argparse.ArgumentParser(
         prog="lvmmed prepare",
         description="Decode and preprocess image folders once (intensity preset, downscaling) into tar shards "
@@ -373,41 +380,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard (1000)")
     p.add_argument("--bits", type=int, default=8, help="bits per stored pixel, 8 or 16 (8)")
     p.add_argument("--compression", type=int, default=1, help="PNG zlib level 0-9; 0 decodes fastest, largest (1)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (all cores)")
+    p.add_argument("--workers", type=int, default=reader_processes(), help="processes (all cores)")
     p.add_argument("--seed", type=int, default=0, help="file shuffle before sharding (0)")
-    p.add_argument("--preset", default="auto", help="intensity preset, as lvmmed pretrain --preset (auto)")
-    p.add_argument("--window", type=float, nargs=2, default=(40.0, 400.0), metavar=("LEVEL", "WIDTH"))
-    p.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5), metavar=("LOW", "HIGH"))
-    p.add_argument("--in-chans", type=int, choices=(1, 3), default=1, help="stored channels (1)")
-    p.add_argument("--max-side", type=int, default=512, help="downscale longer sides to this, 0 = never (512)")
-    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="NIfTI axis to slice (2)")
-    args = p.parse_args(argv)
-    try:
+    add_arguments(p, PREP_OPTIONS, "prepare")  # the preprocessing flags of lvmmed pretrain
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def run() -> int:
         try:
-            prep = Preprocessing(**{k: getattr(args, k) for k in _PREP_KEYS})
+            prep = Preprocessing(**{k: getattr(args, k) for k in PREP_KEYS if hasattr(args, k)})
         except ValueError as e:
             raise UsageError(str(e)) from None
         t0 = time.perf_counter()
-        index = prepare(
-            args.data,
-            args.out,
-            prep,
-            args.shard_size,
-            args.bits,
-            args.workers,
-            args.seed,
-            True,
-            print,
-            args.compression,
+        index = prepare(args.data, args.out, prep, args.shard_size, args.bits, args.workers, args.seed, True, print,
+                        args.compression)  # fmt: skip
+        print(
+            f"prepared {index['images']} images in {len(index['shards'])} shards in {time.perf_counter() - t0:.1f} s "
+            f"({index['unreadable']} unreadable file(s) skipped): {os.path.abspath(args.out)}"
         )
-    except UsageError as e:
-        print(f"lvmmed prepare: error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"prepared {index['images']} images in {len(index['shards'])} shards in {time.perf_counter() - t0:.1f} s "
-        f"({index['unreadable']} unreadable file(s) skipped): {os.path.abspath(args.out)}"
-    )
-    return 0
+        return 0
+
+    return run_command("lvmmed prepare", run)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,11 @@ import torch
 from torch import nn
 
 from ..data.datasets import ImageSet, Item, LabelledImages
-from ..data.io import ScanResult, scan
+from ..data.io import ScanResult
+from ..data.manifest import scan
 from ..data.presets import Preprocessing
 from ..errors import UsageError
+from ..system import save_figure
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -59,7 +61,8 @@ class LabelledData:
 def read_csv_rows(path: str, columns: tuple[str, str] = ("path", "label"), paths: int = 1):
     """Rows ``(first, second, split or None)`` of a CSV ``first,second[,split]`` (an optional header line starting
     with ``columns[0]``; ``#`` comments). The first ``paths`` columns are file paths, made absolute relative to the
-    CSV's folder. Raises ``UsageError`` naming the line for a short row or a split other than train/test."""
+    CSV's folder. Raises ``UsageError`` naming the line for a short row, an empty cell or a split other than
+    train/test."""
     base = os.path.dirname(os.path.abspath(path))
     layout = f"{','.join(columns)}[,split]"
     rows = []
@@ -71,6 +74,9 @@ def read_csv_rows(path: str, columns: tuple[str, str] = ("path", "label"), paths
                 continue
             if len(row) < 2:
                 raise UsageError(f"{path} line {i + 1}: expected {layout}, got {row!r}")
+            for k, name in enumerate(columns):
+                if not row[k].strip():
+                    raise UsageError(f"{path} line {i + 1}: the {name} column is empty (expected {layout})")
             split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else None
             if split not in (None, "train", "test"):
                 raise UsageError(f"{path} line {i + 1}: split must be train or test, got {row[2]!r}")
@@ -405,9 +411,7 @@ def plot_confusion(cm, classes: list[str], path: str, title: str) -> str | None:
                 j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
             )
     fig.tight_layout()
-    from ..train.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

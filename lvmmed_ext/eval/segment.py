@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,12 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.demo import SEGMENTATION_CLASSES, mni152_segmentation_task
 from ..data.io import ReadError, header_of, read_labels, read_source
 from ..data.presets import Preprocessing
 from ..data.views import to_chw
-from ..errors import UsageError
+from ..errors import UsageError, parse_seeds, run_command
 from ..models import SEG_ARCHS, UNet, build_encoder
-from .cli import backbone_for
+from ..system import default_device, save_figure
+from .backbones import backbone_for
 from .probe import label_subset, read_csv_rows, recompute_batchnorm, split_indices
 
 LOSS = "0.5 cross-entropy + 0.5 soft Dice"
@@ -673,9 +674,7 @@ def plot_overlay(data: SegData, test: np.ndarray, preds: dict, path: str, count:
     handles = [Patch(color=colours(c), alpha=0.5, label=name) for c, name in enumerate(data.classes) if c]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    from ..train.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -711,33 +710,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random", action="store_true", help="skip the random-init comparison")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), default=None, help="NIfTI axis to slice (the JSON's, 2)")
     p.add_argument("--max-side", type=int, default=None, help="2D: downscale longer sides to this at load (512)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--workers", type=int, default=0)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        seeds = [int(t) for t in args.seeds.split(",") if t.strip()]
-    except ValueError:
-        print(f"lvmmed eval segment: error: --seeds must be integers such as 0,1,2, got {args.seeds!r}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    return run_command("lvmmed eval segment", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds, 0)
     out = args.out or os.path.join("runs", f"segment-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        summary = evaluate_segmentation(
-            args.weights, args.data, out, arch=args.arch, width=args.width, in_chans=args.in_chans,
-            image_size=args.image_size, classes=args.classes, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, seeds=seeds, label_fraction=args.label_fraction, test_frac=args.test_frac,
-            split_seed=args.split_seed, crop=args.crop[0] if len(args.crop) == 1 else args.crop,
-            crops_per_volume=args.crops_per_volume, axis=args.axis, max_side=args.max_side,
-            random_baseline=not args.no_random, device=args.device,
-            workers=args.workers, log=lambda line: print(line, flush=True),
-        )  # fmt: skip
-    except UsageError as e:
-        print(f"lvmmed eval segment: error: {e}", file=sys.stderr)
-        return 2
+    summary = evaluate_segmentation(
+        args.weights, args.data, out, arch=args.arch, width=args.width, in_chans=args.in_chans,
+        image_size=args.image_size, classes=args.classes, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, seeds=seeds, label_fraction=args.label_fraction, test_frac=args.test_frac,
+        split_seed=args.split_seed, crop=args.crop[0] if len(args.crop) == 1 else args.crop,
+        crops_per_volume=args.crops_per_volume, axis=args.axis, max_side=args.max_side,
+        random_baseline=not args.no_random, device=args.device,
+        workers=args.workers, log=lambda line: print(line, flush=True),
+    )  # fmt: skip
     print(describe(summary))
     print(format_table(summary))
     print(f"results: {summary['results_json']}\noverlay: {summary['overlay_png']}")
@@ -771,8 +765,6 @@ def demo_segmentation(
     unless ``data`` is given) with ``DEMO_SEGMENT``; results in ``out``. ``kwargs`` go to
     ``evaluate_segmentation`` (``arch``, ``width``, ``random_baseline``, ``device``, ...). Returns its summary, or
     None (after a notice) without nilearn."""
-    from ..data.demo import SEGMENTATION_CLASSES, mni152_segmentation_task
-
     if data is None:
         try:
             data = mni152_segmentation_task(os.path.join(out, "data"))

@@ -19,12 +19,13 @@ x_target)`` with the backbone and the two "views" that their ``pair_config`` (an
 rng) -> (input, target)``, run in the data loader) made from one crop; they are built with ``stages`` (the
 backbone's stage strides and channels) and own only a decoder.
 
-Class attributes a head may set: ``needs_maps``, ``needs_teacher``, ``needs_labels`` (default False), ``symmetric``
-(True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates each unordered pair of global views once),
-``find_unused_parameters`` (DDP: some parameters get no gradient in some steps), ``min_grid`` (the smallest
-feature grid side the head accepts; checked before training), ``ema_momentum`` (the base
-momentum of the teacher, with ``needs_teacher``). A head with a teacher may define ``ema_update(momentum)`` for its
-own teacher modules; the trainer updates the teacher backbone itself after every optimizer step.
+Attributes a head may set (defaults on ``Head``): ``needs_maps``, ``needs_teacher``, ``needs_labels``,
+``needs_encoder`` (default False), ``symmetric`` (True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates
+each unordered pair of global views once), ``find_unused_parameters`` (DDP: some parameters get no gradient in some
+steps), ``min_grid`` (the smallest feature grid side the head accepts; checked before training), ``ema_momentum``
+(the base momentum of the teacher, with ``needs_teacher``), ``pair_config`` (restoration heads), ``options_class``
+(a dataclass of its options). A head with a teacher may override ``ema_update(momentum)`` for its own teacher
+modules; the trainer updates the teacher backbone itself after every optimizer step.
 
 Diagnostics: a head may have a ``stats`` attribute (``lvmmed_ext.diagnostics.StepStats``) into which each forward
 records ``match_acc`` and ``margin`` of its embeddings (``Head.record_matching`` does it for the baselines); the
@@ -34,6 +35,7 @@ trainer pops it once per optimizer step into log.csv, TensorBoard and the progre
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 from typing import Callable, NamedTuple
 
 from torch import Tensor, nn
@@ -65,18 +67,27 @@ class LabelBatch(NamedTuple):
 
 
 class Head(nn.Module):
-    """Base class of loss heads (see the module docstring for the ``forward`` contract)."""
+    """Base class of loss heads (see the module docstring for the ``forward`` contract). What a head needs from the
+    trainer is declared here, with the defaults every head starts from; the trainer reads nothing else."""
 
     needs_maps: bool = False
     needs_teacher: bool = False
     needs_labels: bool = False
     needs_encoder: bool = False
     symmetric: bool = False
+    find_unused_parameters: bool = False
+    min_grid: int = 1  # the smallest feature grid side (cells) the head accepts
+    ema_momentum: float = 0.996  # with needs_teacher: the teacher's base momentum
+    pair_config = None  # restoration heads: makes (input, target) pairs of a crop in the data loader
+    options_class = None  # a dataclass of the head's options, when they are not its constructor's keywords
     graph_size: int = 16  # group size of the matching diagnostics (gm's default graph size)
 
     def __init__(self):
         super().__init__()
         self.stats = StepStats()
+
+    def ema_update(self, momentum: float) -> None:
+        """Updates the head's own teacher modules (with needs_teacher) after an optimizer step; none by default."""
 
     def record_matching(self, z_s: Tensor, z_t: Tensor) -> None:
         """Record the noise-free matching diagnostics of two views' embeddings ``[B, F]`` (LAP on cosines in
@@ -99,6 +110,26 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 _HEADS: dict[str, Callable[..., nn.Module]] = {}
+_DECODERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_decoder(name: str):
+    """Decorator: register a decoder factory ``f(encoder_shape, out_channels, decoder_channels) -> nn.Module`` for
+    the heads that own a decoder (``genesis``). The models register theirs (:mod:`lvmmed_ext.models.unet`): the
+    heads sit below the models and never import them."""
+
+    def wrap(factory):
+        _DECODERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def decoder_factory(name: str) -> Callable[..., nn.Module]:
+    """The decoder factory registered as ``name`` (``UsageError`` when the models are not loaded)."""
+    if name not in _DECODERS:
+        raise UsageError(f"no decoder {name!r} is registered (import lvmmed_ext.models first)")
+    return _DECODERS[name]
 
 
 def register_head(name: str):
@@ -132,6 +163,9 @@ def head_needs(name: str, what: str) -> bool:
 def head_options(name: str) -> dict[str, object]:
     """The keyword options of head ``name`` with their defaults (``in_dim`` and supervised-task specs excluded)."""
     factory = head_factory(name)
+    options_class = getattr(factory, "options_class", None)
+    if options_class is not None:
+        return {f.name: f.default for f in fields(options_class)}
     target = factory.__init__ if inspect.isclass(factory) else factory
     options = {}
     for pname, p in inspect.signature(target).parameters.items():

@@ -1,7 +1,7 @@
 """Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021) as a loss head, written from the paper: the data loader
-corrupts each crop with the Genesis transformations (:mod:`lvmmed_ext.data.genesis`: Bezier intensity mapping,
-local pixel shuffling, in-/out-painting, flips) and the encoder + a U-Net decoder learn to restore the original
-(MSE). 2D on the ResNet/ViT backbones, 3D with ``--arch unet3d`` on sub-volumes."""
+corrupts each crop with the Genesis transformations (:mod:`lvmmed_ext.heads.genesis_transforms`: Bezier
+intensity mapping, local pixel shuffling, in-/out-painting, flips) and the encoder + a U-Net decoder learn to
+restore the original (MSE). 2D on the ResNet/ViT backbones, 3D with ``--arch unet3d`` on sub-volumes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.genesis import GenesisConfig
 from ..errors import UsageError
-from .base import Head, register_head
+from .base import Head, decoder_factory, register_head
+from .genesis_transforms import GenesisConfig
 
 
 @register_head("genesis")
@@ -23,7 +23,7 @@ class GenesisHead(Head):
     The head owns only the decoder (a :class:`lvmmed_ext.models.unet.UNet` decoder built for the encoder's stage
     strides and channels, passed by the trainer as ``stages``); the encoder is the trainer's backbone, so its
     weights export like every other run. The transformation probabilities are head options and travel to the data
-    loader as ``pair_config`` (a :class:`~lvmmed_ext.data.genesis.GenesisConfig`).
+    loader as ``pair_config`` (a :class:`~lvmmed_ext.heads.genesis_transforms.GenesisConfig`).
 
     Args:
         in_dim: the backbone's feature width (unused: the decoder reads every stage).
@@ -48,8 +48,6 @@ class GenesisHead(Head):
         outpaint_share: float = 0.8,
     ):
         super().__init__()
-        from ..models.unet import UNet
-
         if not stages:
             raise UsageError("genesis needs the encoder's stages (the trainer passes them; build it with stages=...)")
         try:
@@ -65,7 +63,7 @@ class GenesisHead(Head):
             spatial_dims=int(stages.get("dims", 2)),
         )
         self.in_chans = int(stages.get("in_chans", 1))
-        self.decoder = UNet(shape, out_channels=self.in_chans, decoder_channels=decoder_channels)
+        self.decoder = decoder_factory("unet")(shape, out_channels=self.in_chans, decoder_channels=decoder_channels)
 
     def restore(self, encoder, x: Tensor) -> Tensor:
         """The restored image ``[B, C, *S]`` of a corrupted batch ``x`` through ``encoder`` and the decoder."""

@@ -3,12 +3,14 @@ the paper's GCN), then :func:`lvmmed_ext.gm_loss`'s matching loss. Registered as
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+
 import torch
 from torch import Tensor, nn
 
-from ..diagnostics import StepStats
-from ..losses import _HEAD_LOSS_OPTIONS, _check_args, _graphs, _matching_loss
-from .base import register_head
+from ..losses import GMOptions, check_gm_inputs, gm_graphs, graph_matching_loss
+from ..ops import knn_graph
+from .base import Head, register_head
 
 
 def _adjacency(edges: Tensor, n: int, dtype) -> Tensor:
@@ -93,10 +95,29 @@ class GraphConv(nn.Module):
 GNN_KINDS = ("gcn", "graphconv")
 
 
+@dataclass(frozen=True)
+class GMHeadOptions(GMOptions):
+    """Every option of the gm head: the loss's (:class:`lvmmed_ext.losses.GMOptions`) and its own: the projector
+    (``dim``, ``projector_hidden``), message passing (``use_gnn``, ``gnn``, ``gnn_layers``, ``gnn_aggr``) and
+    ``normalize``."""
+
+    dim: int = 128
+    projector_hidden: int | None = None
+    use_gnn: bool = True
+    gnn: str = "graphconv"
+    gnn_layers: int = 2
+    gnn_aggr: str = "mean"
+    normalize: bool = False
+
+
+_LOSS_KEYS = tuple(f.name for f in fields(GMOptions))
+_HEAD_KEYS = tuple(f.name for f in fields(GMHeadOptions))
+
+
 @register_head("gm")
-class LVMMedHead(nn.Module):
-    """Projector (``in_dim`` → ``dim``), 2 layers of message passing over each view's kNN graph, then
-    :func:`gm_loss`.
+class LVMMedHead(Head):
+    """Projector (``in_dim`` → ``dim``), 2 layers of message passing over each view's kNN graph, then the
+    graph-matching loss (:func:`lvmmed_ext.losses.graph_matching_loss`, as :func:`gm_loss`).
 
     Message passing: ``gnn="graphconv"`` (default; :class:`GraphConv`, mean over the kNN neighbours plus a separate
     root weight, ``gnn_aggr`` "mean", "sum" or "max") or ``gnn="gcn"`` (:class:`GCN`, the paper's Eq. 1), with
@@ -107,91 +128,65 @@ class LVMMedHead(nn.Module):
     ``forward(h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None) -> loss`` with h_* the pooled backbone
     features ``[B,in_dim]`` of the two views, y_* the backbone feature maps ``[B,P,D]`` and pos_* their cell
     centres ``[B,P,2]`` (read only when ``alpha < 1``; see ``needs_maps``). The kNN graphs are built on the
-    projector outputs (LVMMED_SPEC §1.3) and reused as the QAP's edges. Other keyword arguments are those of
-    :func:`gm_loss`. ``use_gnn=False`` skips message passing (the paper's "w/o message passing" ablation).
-    ``distributed=True`` forms graphs over the global batch of all ranks (see :func:`gm_loss`).
+    projector outputs (LVMMED_SPEC §1.3) and reused as the QAP's edges. The options are those of
+    :class:`GMHeadOptions` (``self.options``); ``generator`` seeds the loss's noise. ``use_gnn=False`` skips message
+    passing (the paper's "w/o message passing" ablation). ``distributed=True`` forms graphs over the global batch of
+    all ranks (see :func:`gm_loss`).
 
     Example:
         >>> head = LVMMedHead(in_dim=512)
         >>> loss = head(torch.randn(32, 512), torch.randn(32, 512))
     """
 
-    def __init__(
-        self,
-        in_dim: int = 2048,
-        dim: int = 128,
-        *,
-        projector_hidden: int | None = None,
-        use_gnn: bool = True,
-        gnn: str = "graphconv",
-        gnn_layers: int = 2,
-        gnn_aggr: str = "mean",
-        normalize: bool = False,
-        graph_size: int = 16,
-        k: int = 5,
-        alpha: float = 0.8,
-        distributed: bool = False,
-        **loss_kwargs,
-    ):
+    options_class = GMHeadOptions
+    symmetric = True  # swapping the views transposes the QAP: the trainer evaluates each pair of views once
+
+    def __init__(self, in_dim: int = 2048, dim: int = GMHeadOptions.dim, *, generator=None, **options):
         super().__init__()
-        if projector_hidden:
+        unknown = sorted(set(options) - set(_HEAD_KEYS))
+        if unknown:
+            raise TypeError(f"LVMMedHead got unknown options {unknown}; its options are {sorted(_HEAD_KEYS)}")
+        o = self.options = GMHeadOptions(dim=dim, **options)
+        if o.projector_hidden:
             self.projector = nn.Sequential(
-                nn.Linear(in_dim, projector_hidden),
-                nn.BatchNorm1d(projector_hidden),
+                nn.Linear(in_dim, o.projector_hidden),
+                nn.BatchNorm1d(o.projector_hidden),
                 nn.ReLU(inplace=True),
-                nn.Linear(projector_hidden, dim),
+                nn.Linear(o.projector_hidden, dim),
             )
         else:
             self.projector = nn.Linear(in_dim, dim)
-        if gnn not in GNN_KINDS:
-            raise ValueError(f"gnn must be one of {GNN_KINDS}, got {gnn!r}")
-        if use_gnn:
-            self.gnn = GCN(dim, gnn_layers) if gnn == "gcn" else GraphConv(dim, gnn_layers, gnn_aggr)
+        if o.gnn not in GNN_KINDS:
+            raise ValueError(f"gnn must be one of {GNN_KINDS}, got {o.gnn!r}")
+        if o.use_gnn:
+            self.gnn = GCN(dim, o.gnn_layers) if o.gnn == "gcn" else GraphConv(dim, o.gnn_layers, o.gnn_aggr)
         else:
             self.gnn = None
-        self.normalize = bool(normalize)
-        self.graph_size, self.k, self.alpha, self.distributed = graph_size, k, alpha, distributed
-        unknown = sorted(set(loss_kwargs) - set(_HEAD_LOSS_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"LVMMedHead got unknown options {unknown}; gm_loss options are {sorted(_HEAD_LOSS_OPTIONS)}"
-            )
-        self.loss_kwargs = {**_HEAD_LOSS_OPTIONS, **loss_kwargs}
-        self.stats = StepStats()  # diagnostics of the evaluations since the last stats.pop()
+        self.generator = generator
+        self.graph_size, self.k, self.alpha, self.distributed = o.graph_size, o.k, o.alpha, o.distributed
+        self.normalize = bool(o.normalize)
 
-    symmetric = True  # swapping the views transposes the QAP: the trainer evaluates each pair of views once
+    @property
+    def loss_kwargs(self) -> dict:
+        """The loss options (with the noise generator), as keywords of :func:`gm_loss`."""
+        return {**{k: v for k, v in asdict(self.options).items() if k in _LOSS_KEYS}, "generator": self.generator}
 
     @property
     def needs_maps(self) -> bool:
-        return self.alpha < 1.0
+        return self.options.alpha < 1.0
 
     def forward(self, h_s, h_t, y_s=None, y_t=None, pos_s=None, pos_t=None) -> Tensor:
-        from ..ops import knn_graph
-
-        kw = self.loss_kwargs
+        o = self.options
         z_s, z_t = self.projector(h_s), self.projector(h_t)
-        _check_args(
-            z_s, z_t, self.graph_size, self.k, self.alpha, kw["lam"], kw["noise"], kw["samples"], kw["quad_weight"]
-        )
+        check_gm_inputs(z_s, z_t, o)
         maps = [y_s, y_t, pos_s, pos_t] if self.needs_maps and y_s is not None else [None] * 4
-        (zs, zt, *maps), world, fraction = _graphs([z_s, z_t, *maps], self.graph_size, self.distributed)
+        (zs, zt, *maps), world, fraction = gm_graphs([z_s, z_t, *maps], o.graph_size, o.distributed)
         zs, zt = zs.float(), zt.float()
-        es, et = knn_graph(zs.detach(), self.k), knn_graph(zt.detach(), self.k)
+        es, et = knn_graph(zs.detach(), o.k), knn_graph(zt.detach(), o.k)
         if self.gnn is not None:
             zs, zt = self.gnn(zs, es), self.gnn(zt, et)
         if self.normalize:  # unit node embeddings: edge vectors become differences of unit vectors
             zs, zt = nn.functional.normalize(zs, dim=-1), nn.functional.normalize(zt, dim=-1)
-        loss, _ = _matching_loss(
-            zs,
-            zt,
-            *maps,
-            es,
-            et,
-            k=self.k,
-            alpha=self.alpha,
-            world=world,
-            fraction=fraction,
-            stats=self.stats.record(),
-            **kw,
-        )
+        loss, _ = graph_matching_loss(zs, zt, *maps, es, et, options=o, generator=self.generator, world=world,
+                                      fraction=fraction, stats=self.stats.record())  # fmt: skip
         return loss

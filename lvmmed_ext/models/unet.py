@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..heads.base import register_decoder
+from .backbones import build_backbone
 from .pretrained import LoadReport, load_pretrained
 from .unet3d import ConvBlock, UNet3DEncoder
 
@@ -103,13 +105,18 @@ class UNet(nn.Module):
         return load_pretrained(self.encoder, weights, **kwargs)
 
 
+@register_decoder("unet")
+def unet_decoder(encoder, out_channels: int, decoder_channels: Sequence[int] | None = None) -> UNet:
+    """The U-Net over ``encoder`` (anything with ``stage_strides``, ``stage_channels``, ``spatial_dims``): the
+    decoder that restoration heads own (registered for :mod:`lvmmed_ext.heads`, which sits below the models)."""
+    return UNet(encoder, out_channels=out_channels, decoder_channels=decoder_channels)
+
+
 def build_encoder(arch: str, in_chans: int = 1, width: int | None = None, **kwargs) -> nn.Module:
     """An encoder of ``SEG_ARCHS``: a 2D backbone (``build_backbone``) or ``"unet3d"`` (``UNet3DEncoder``,
     ``width`` default 16, ``levels`` in ``kwargs``). Raises ``ValueError`` for an unknown name."""
     if arch == "unet3d":
         return UNet3DEncoder(in_chans, 16 if width is None else width, **kwargs)
-    from . import build_backbone
-
     if arch not in SEG_ARCHS:
         raise ValueError(f"arch must be one of {', '.join(SEG_ARCHS)}, got {arch!r}")
     return build_backbone(arch, in_chans=in_chans, width=width, **kwargs)

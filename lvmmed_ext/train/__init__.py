@@ -8,7 +8,8 @@ Example:
 
 from ..heads import Head, InfoNCEHead, VICRegHead, build_head, info_nce, register_head, vicreg
 from .checkpoint import export_backbone, load_checkpoint
-from .trainer import RunResult, SSLModel, TrainConfig, milestones, pretrain
+from .config import TrainConfig
+from .trainer import RunResult, SSLModel, milestones, pretrain
 
 __all__ = [
     "Head",

@@ -11,12 +11,28 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 
-from ..errors import UsageError
-from . import cli as train_cli
+from ..data.demo import (
+    DEMO_HEAD_OPTS,
+    SEGMENTATION_CLASSES,
+    demo_label_specs,
+    mni152_available,
+    mni152_segmentation_task,
+)
+from ..errors import UsageError, parse_seeds, run_command
+from ..eval.classify import evaluate
+from ..eval.demo import demo_tasks
+from ..eval.probe import load_labelled
+from ..eval.segment import demo_segmentation, load_pairs
+from ..heads import build_head, head_names, head_needs
+from ..options import Option, add_arguments
+from ..system import default_device, loader_workers, save_figure
+from . import checkpoint as ckpt_io
+from .config import add_train_arguments, build_config, check_resume, gm_defaults, parse_head_opt
+from .progress import read_csv
+from .trainer import pretrain
 
 METHODS = ("linear-probe", "knn")
 _UNSET = object()
@@ -75,8 +91,6 @@ def parse_configs(text: str) -> list[Variant]:
         >>> [v.name for v in parse_configs("gm,gm-a05=gm:alpha=0.5,vicreg:cov_weight=4")]
         ['gm', 'gm-a05', 'vicreg:cov_weight=4']
     """
-    from ..heads import head_names
-
     variants: list[Variant] = []
     for item in (s.strip() for s in text.split(",")):
         if not item:
@@ -97,7 +111,7 @@ def parse_configs(text: str) -> list[Variant]:
         for pair in pairs:
             if "=" not in pair:
                 raise UsageError(f"--configs: expected KEY=VALUE after ':' in {item!r}, got {pair!r}")
-            key, value = train_cli._head_opt(pair)
+            key, value = parse_head_opt(pair)
             options[key] = value
         if pairs:
             inherited = VARIANTS[base].options if base in VARIANTS else {}
@@ -117,54 +131,109 @@ def folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = train_cli.parser(ablate=True)
-    a = p.add_argument_group("ablation")
-    a.add_argument(
+# The options of lvmmed ablate besides the pretraining ones it shares (add_train_arguments).
+ABLATE_OPTIONS = (
+    Option(
+        "configs",
         "--configs",
-        default=",".join(DEFAULT_CONFIGS),
-        help="comma-separated configurations, each NAME or [LABEL=]BASE[:KEY=VALUE...] (BASE: a name below or a "
-        "loss; KEY=VALUE: head options). Names: "
-        + "; ".join(f"{v.name} = {v.about}" for v in VARIANTS.values())
-        + f" (default: {','.join(DEFAULT_CONFIGS)})",
-    )
-    a.add_argument(
+        ",".join(DEFAULT_CONFIGS),
+        "comma-separated configurations, each NAME or "
+        "[LABEL=]BASE[:KEY=VALUE...] (BASE: a name below or a loss; KEY=VALUE: head options). Names: "
+        + "; ".join(f"{v.name} = {v.about}" for v in VARIANTS.values()),
+        group="ablation",
+        commands=("ablate",),
+        show_default=False,
+    ),  # fmt: skip
+    Option(
+        "seeds",
         "--seeds",
-        default=None,
+        None,
+        "train and evaluate every configuration once per seed (e.g. 0,1,2); the table "
+        "reports mean +- std over the seeds. Each seed's numbers equal those of a run with --seed S. Default: "
+        "--seed",
+        group="ablation",
         metavar="S1,S2,...",
-        help="train and evaluate every configuration once per seed (e.g. 0,1,2); the table reports mean +- std "
-        "over the seeds. Each seed's numbers equal those of a run with --seed S. Default: --seed",
-    )
-    a.add_argument(
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option(
+        "budget",
         "--budget",
-        choices=sorted(BUDGETS),
-        default=None,
-        help="with --demo: "
+        None,
+        "with --demo: "
         + "; ".join(f"{k} = {v['steps']} steps, width {v['width']}" for k, v in BUDGETS.items())
-        + " (short); options given explicitly win",
+        + " (short when not given); options given explicitly win",
+        group="ablation",
+        choices=tuple(sorted(BUDGETS)),
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option(
+        "eval_data",
+        "--eval-data",
+        None,
+        "labelled images for the evaluation: a folder with one sub-folder per "
+        "class, or a CSV path,label[,split] (as lvmmed eval --data); repeat for several tasks",
+        group="ablation",
+        append=True,
+        metavar="PATH",
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option(
+        "no_seg",
+        "--no-seg",
+        False,
+        "with --demo: leave out the segmentation column (one U-Net fine-tuning per "
+        "configuration and seed, about as long as a short pretraining each)",
+        "bool",
+        group="ablation",
+        switch=True,
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option("eval_k", "--eval-k", 20, "kNN neighbours", "int", group="ablation", commands=("ablate",)),
+    Option(
+        "eval_test_frac",
+        "--eval-test-frac",
+        0.3,
+        "test fraction when --eval-data has no split",
+        "float",
+        group="ablation",
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option(
+        "eval_l2",
+        "--eval-l2",
+        "auto",
+        "linear-probe L2 penalty, or 'auto' (3-fold CV)",
+        group="ablation",
+        commands=("ablate",),
+    ),  # fmt: skip
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvmmed ablate",
+        description="Pretrain one backbone per configuration (the gm loss, its Table 6 ablations, InfoNCE, "
+        "VICReg) with the same data, views, optimiser, seed and budget, evaluate each with the linear probe and "
+        "kNN on labelled data, and write a Markdown table and a bar chart. Options below set what all "
+        "configurations share; the gm flags set every gm configuration's base options.",
     )
-    a.add_argument("--eval-data", action="append", default=None, metavar="PATH",
-                   help="labelled images for the evaluation: a folder with one sub-folder per class, or a CSV "
-                   "path,label[,split] (as lvmmed eval --data); repeat for several tasks")  # fmt: skip
-    a.add_argument("--no-seg", action="store_true",
-                   help="with --demo: leave out the segmentation column (one U-Net fine-tuning per configuration "
-                   "and seed, about as long as a short pretraining each)")  # fmt: skip
-    a.add_argument("--eval-k", type=int, default=20, help="kNN neighbours (20)")
-    a.add_argument("--eval-test-frac", type=float, default=0.3, help="test fraction when --eval-data has no split")
-    a.add_argument("--eval-l2", default="auto", help="linear-probe L2 penalty, or 'auto' (3-fold CV)")
+    groups = add_train_arguments(p, "ablate")
+    add_arguments(p, ABLATE_OPTIONS, "ablate", groups)
     return p
 
 
+def _ablate_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The namespace with every ablation option (its default where not given)."""
+    for o in ABLATE_OPTIONS:
+        if not hasattr(args, o.key):
+            setattr(args, o.key, o.default)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UsageError as e:
-        print(f"lvmmed ablate: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("lvmmed ablate: interrupted; rerun the same command with --out <folder> to continue", file=sys.stderr)
-        return 130
+    args = _ablate_args(parser().parse_args(argv))
+    return run_command("lvmmed ablate", lambda: _run(args), "interrupted; rerun the same command with --out <folder> "
+                       "to continue")  # fmt: skip
 
 
 def _options_text(options: dict) -> str:
@@ -174,8 +243,6 @@ def _options_text(options: dict) -> str:
 def _log_tail_means(run_dir: str) -> dict[str, float]:
     """Means over the last tenth of the steps (at least one) of the run's training loss and matching diagnostics
     (``final_loss``, ``match_acc``, ``backbone_match_acc``; a diagnostic the loss does not report is left out)."""
-    from .progress import read_csv
-
     rows = read_csv(os.path.join(run_dir, "log.csv"))
     tail = rows[-max(1, len(rows) // 10) :]
     out = {}
@@ -189,9 +256,6 @@ def _log_tail_means(run_dir: str) -> dict[str, float]:
 def _pretrain_or_reuse(cfg):
     """Pretrain ``cfg`` into ``cfg.out``; a finished run there with the same settings is reused, an interrupted
     one resumed. Returns (exported backbone path, "trained" | "resumed" | "reused", the RunResult or None)."""
-    from . import checkpoint as ckpt_io
-    from .trainer import _check_resume, pretrain
-
     ckpt = os.path.join(cfg.out, "checkpoint.pt")
     if not os.path.exists(ckpt):
         result = pretrain(cfg)
@@ -199,7 +263,7 @@ def _pretrain_or_reuse(cfg):
     saved = ckpt_io.load_checkpoint(ckpt)
     cfg.global_batch = cfg.batch_size * cfg.accum
     try:
-        _check_resume(cfg, saved["config"], ckpt)
+        check_resume(cfg, saved["config"], ckpt)
     except UsageError as e:
         raise UsageError(f"{e}; pass another --out for a new ablation") from None
     if int(saved["step"]) < int(saved["config"]["steps"]):
@@ -213,8 +277,6 @@ def _pretrain_or_reuse(cfg):
 
 def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
     """Build the head once on a small input width so that a bad option fails before any training."""
-    from ..heads import build_head, head_needs
-
     extra: dict = {}
     if head_needs(v.loss, "labels"):
         extra["tasks"] = [{"name": "check", "kind": "single", "classes": ["a", "b"]}]
@@ -227,27 +289,12 @@ def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
     except ValueError as e:
         raise UsageError(f"configuration {v.name!r}: bad option for --loss {v.loss}: {e}") from None
     if v.loss == "gm":
-        graph_size = options.get("graph_size", train_cli.gm_defaults()["graph_size"])
+        graph_size = options.get("graph_size", gm_defaults()["graph_size"])
         if graph_size > batch_size:
             raise UsageError(
                 f"configuration {v.name!r}: graph_size {graph_size} exceeds --batch-size {batch_size} (a batch "
                 "must hold at least one graph)"
             )
-
-
-def parse_seeds(text: str | None, default: int) -> list[int]:
-    """``--seeds`` ("0,1,2") as a list of distinct integers; ``[default]`` when not given."""
-    if text is None:
-        return [default]
-    try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
-    if not seeds:
-        raise UsageError(f"--seeds lists no seed: {text!r}")
-    if len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds must not repeat a seed, got {text!r}")
-    return seeds
 
 
 METRIC_KEYS = ("linear_probe_acc", "linear_probe_bal_acc", "knn_acc", "knn_bal_acc")
@@ -275,20 +322,16 @@ def aggregate(per_seed: dict) -> tuple[dict, dict]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..eval.probe import load_labelled
-    from ..heads import head_needs
-
+    demo_flag = getattr(args, "demo", False)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("lvmmed ablate runs in one process (each configuration uses --device); not under torchrun")
-    if args.demo and hasattr(args, "data"):
+    if demo_flag and hasattr(args, "data"):
         raise UsageError("--demo uses the offline demo images; drop --data (or drop --demo to train on --data)")
-    if args.demo and args.eval_data:
+    if demo_flag and args.eval_data:
         raise UsageError("--demo evaluates on the demo's MNI152 tasks; drop --eval-data")
-    if args.budget and not args.demo:
+    if args.budget and not demo_flag:
         raise UsageError("--budget presets the demo's steps and width; use it with --demo (or pass --steps)")
-    if not args.demo:
+    if not demo_flag:
         missing = [f for f, ok in (("--data", hasattr(args, "data")), ("--eval-data", args.eval_data),
                                    ("--steps", hasattr(args, "steps"))) if not ok]  # fmt: skip
         if missing:
@@ -298,11 +341,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--eval-l2 must be a number or 'auto', got {args.eval_l2!r}") from None
     variants = parse_configs(args.configs)
-    if args.demo:
-        for key, value in BUDGETS[args.budget or "short"].items():
-            if not hasattr(args, key):
-                setattr(args, key, value)
-    base = train_cli.build_config(args, None)  # the gm flags become base.head_opts (for the gm configurations)
+    # the budget's settings sit below the command line (as a --config file's would); the gm flags become
+    # base.head_opts (for the gm configurations)
+    base = build_config(args, None, dict(BUDGETS[args.budget or "short"]) if demo_flag else None)
     seeds = parse_seeds(args.seeds, base.seed)
     base_gm, demo = dict(base.head_opts), base.data == "demo"
     base.validate()
@@ -310,7 +351,7 @@ def _run(args: argparse.Namespace) -> int:
     plans = []
     for v in variants:
         options = {
-            **(train_cli.DEMO_HEAD_OPTS.get(v.loss, {}) if demo else {}),
+            **(DEMO_HEAD_OPTS.get(v.loss, {}) if demo else {}),
             **(base_gm if v.loss == "gm" else {}),
             **v.options,
         }
@@ -325,10 +366,10 @@ def _run(args: argparse.Namespace) -> int:
     if not demo:  # bad evaluation data stops the command before anything is written
         user_tasks = [(_task_name(path, i), path, load_labelled(path, base.preprocessing))
                       for i, path in enumerate(args.eval_data)]  # fmt: skip
-    elif not train_cli.mni152_available():
+    elif not mni152_available():
         raise UsageError("the demo ablation needs nilearn for its evaluation tasks (run scripts/setup.sh)")
-    device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    workers = base.workers if base.workers is not None else (0 if demo else min(4, max(0, (os.cpu_count() or 1) - 1)))
+    device = base.device if base.device != "auto" else default_device()
+    workers = loader_workers(base.workers if base.workers is not None else (0 if demo else None))
     eval_kw = dict(device=device, workers=workers, l2=l2, k=args.eval_k, test_frac=args.eval_test_frac)
     seg_data = (
         _demo_segmentation_data(os.path.join(out, "eval_tasks", "segment"), base) if demo and not args.no_seg else None
@@ -346,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
     for seed in seeds:
         tag = f"seed{seed}"
         if demo:
-            tasks = train_cli.demo_tasks(os.path.join(out, "eval_tasks", tag), seed, base.preprocessing)
+            tasks = demo_tasks(os.path.join(out, "eval_tasks", tag), seed, base.preprocessing)
             tasks = [(name, f"demo task: {about}", data) for name, about, data in tasks]
         else:
             tasks = user_tasks
@@ -436,14 +477,12 @@ def _run(args: argparse.Namespace) -> int:
 def _labels_for(v: Variant, base, demo: bool, task_folder: str, seed: int) -> list[str]:
     """The ``--labels`` of configuration ``v``: none for a self-supervised loss; for a supervised one the command's
     ``--labels``, else (with ``--demo``) the demo tasks' CSVs of this seed (their training rows only)."""
-    from ..heads import head_needs
-
     if not head_needs(v.loss, "labels"):
         return []
     if base.labels:
         return list(base.labels)
     if demo:
-        return train_cli.demo_label_specs(task_folder, seed)
+        return demo_label_specs(task_folder, seed)
     raise UsageError(f"configuration {v.name!r} (--loss {v.loss}) is supervised: pass --labels NAME=CSV")
 
 
@@ -452,9 +491,6 @@ def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: di
     """Linear probe and kNN of ``weights`` on every task, and with ``seg`` (the demo's segmentation pairs) the mean
     Dice of U-Net fine-tuning; returns the flat metrics (``task/metric``) and notes the tasks' train/test sizes in
     ``tasks_meta`` and ``seg_meta``."""
-    from ..eval.cli import evaluate
-    from ..eval.segment import demo_segmentation
-
     metrics = {}
     for name, _, data in tasks:
         out = os.path.join(folder, name, f"seed{seed}")
@@ -477,9 +513,6 @@ def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: di
 
 def _demo_segmentation_data(folder: str, base):
     """The demo's segmentation task (``data.demo.mni152_segmentation_task``) built in ``folder`` and loaded."""
-    from ..data.demo import SEGMENTATION_CLASSES, mni152_segmentation_task
-    from ..eval.segment import load_pairs
-
     return load_pairs(mni152_segmentation_task(folder), base.preprocessing, list(SEGMENTATION_CLASSES))
 
 
@@ -610,9 +643,7 @@ def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str]) -> 
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="random init (reference)"))
     axes[0, 0].legend(handles=handles, loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    from .checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -1,56 +1,19 @@
-"""Checkpoints: atomic writes, validated reads, RNG state capture, and the backbone export."""
+"""Checkpoints: atomic writes (:mod:`lvmmed_ext.system`), validated reads, RNG state, and the backbone export."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
+import zipfile
 
 import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..system import atomic_write, save_json, save_torch  # noqa: F401  (the checkpoint writers)
 
 FORMAT = "lvmmed-pretrain-checkpoint"
 VERSION = 1
-
-
-def _default_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it onto
-    ``path``: readers see the old file or the new one, never a partial one (also if the process is killed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_torch(obj, path: str) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_json(obj, path: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def rng_state() -> dict:
@@ -77,9 +40,40 @@ def resolve_checkpoint_path(path: str) -> str:
     return path
 
 
+# Leading bytes of files that are given by mistake where a checkpoint is expected.
+_NOT_TORCH = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x1f\x8b", "a gzip file (e.g. .nii.gz)"),
+    (b"{", "a JSON file"),
+)
+
+
+def _not_a_torch_file(path: str) -> str | None:
+    """What ``path`` is when it is a known kind of file that ``torch.save`` never writes (an image, a gzip or JSON
+    file), else None."""
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[:1] == b"\x80":  # a legacy pickle
+        return None
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    for magic, what in _NOT_TORCH:
+        if head.startswith(magic):
+            return what
+    return None  # unknown content: torch.load says what is wrong with it
+
+
 def load_checkpoint(path: str) -> dict:
     """Read and validate an ``lvmmed pretrain`` checkpoint; ``UsageError`` (one line) for anything else."""
     path = resolve_checkpoint_path(path)
+    what = _not_a_torch_file(path)
+    if what is not None:
+        raise UsageError(f"{path} is not an lvmmed pretrain checkpoint (it looks like {what})")
     try:
         # Checkpoints hold numpy/python RNG states, which the weights-only unpickler rejects; they are our own files.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)

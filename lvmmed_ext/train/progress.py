@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from ..system import save_figure
+
 CSV_FIELDS = ["step", "epoch", "loss", "lr", "lr_backbone", "images_per_s", "elapsed_s", "skipped_files",
               "match_acc", "margin", "grad_nodes", "backbone_match_acc"]  # fmt: skip
 # The diagnostics columns (lvmmed_ext.diagnostics): empty where a loss does not report one (grad_nodes: gm only).
@@ -174,8 +176,6 @@ def plot_loss(csv_path: str, png_path: str, title: str = "pretraining loss") -> 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    from .checkpoint import atomic_write
-
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    save_figure(fig, png_path)
     plt.close(fig)
     return png_path

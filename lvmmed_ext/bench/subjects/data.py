@@ -4,7 +4,9 @@
 The corpus is synthetic and generated in a temporary folder: the same CT-like int16 images written as DICOM files
 (uncompressed, and RLE Lossless as compressed archives often are), 16-bit PNGs, NIfTI volumes (32 slices each)
 and, prepared from the DICOM files, 8-bit shards. Each timing is one pass over the corpus with cold caches (every
-file decoded once, as in an epoch over a corpus larger than the cache).
+file decoded once, as in an epoch over a corpus larger than the cache). Datasets, shard streams and DataLoaders
+are the trainer's own (:func:`lvmmed_ext.train.pipeline.build_pipeline`, :meth:`Pipeline.loader`), so the
+numbers are those of ``lvmmed pretrain``'s loader.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import time
 import numpy as np
 import torch
 
+from ...data.io import Source, read_source
+from ...data.presets import Preprocessing
+from ...data.shards import decode_png, load_index, prepare, read_shard
+from ...data.views import MultiViewConfig, ViewConfig
+from ...train.config import TrainConfig
+from ...train.pipeline import Span, build_pipeline
 from ..report import row
 
 SIZE = 224
@@ -80,54 +88,44 @@ def _write_niftis(folder: str, imgs: np.ndarray) -> None:
 
 
 def _views():
-    from ...data.views import MultiViewConfig, ViewConfig
-
     return MultiViewConfig(ViewConfig(size=SIZE, grid=(7, 7)), 2)
+
+
+def _pipeline(folder: str, prep, batch: int):
+    """The trainer's own data pipeline (:func:`lvmmed_ext.train.pipeline.build_pipeline`) over ``folder``."""
+    cfg = TrainConfig(data=folder, preprocessing=prep, batch_size=batch, seed=0)
+    return build_pipeline(cfg, log=lambda *_: None)
+
+
+def _span(batch: int, batches: int):
+    return Span(batch, 1, 0, 0, batches)
 
 
 def _file_pass(folder: str, prep, n: int) -> float:
     """Seconds for one worker to make ``n`` samples from the files of ``folder`` (fresh dataset: cold cache)."""
-    from ...data.datasets import ImageSet, PretrainDataset
-    from ...data.io import scan
-
-    ds = PretrainDataset(ImageSet(scan(folder, axis=2).sources, prep), _views(), seed=0)
+    dataset, _, _ = _pipeline(folder, prep, 1).dataset(_views(), None, _span(1, n), 0)
     t = time.perf_counter()
     for p in range(n):
-        ds[p]
+        dataset[p]
     return time.perf_counter() - t
 
 
-def _shard_stream(folder: str, prep, workers: int, batch: int):
-    from ...data.shards import ShardStream, load_index
-
-    return ShardStream(folder, load_index(folder), _views(), prep, 0, 0, 1, workers, batch)
-
-
 def _shard_pass(folder: str, prep, n: int, batch: int = 16) -> float:
-    it = iter(_shard_stream(folder, prep, 0, batch))
+    stream, _, _ = _pipeline(folder, prep, batch).dataset(_views(), None, _span(batch, n // batch), 0)
+    it = iter(stream)
     t = time.perf_counter()
     for _ in range(n // batch):
         next(it)
     return time.perf_counter() - t
 
 
-def _loader_rate(dataset, workers: int, batches: int, sampler=None) -> float:
-    """images/s of a DataLoader over ``dataset`` for ``batches`` batches, worker start-up included (a few ms per
-    forked worker; timing only after the first batch would credit the batches prefetched meanwhile)."""
-    from torch.utils.data import DataLoader
-
-    from ...data.datasets import collate_views, seed_worker
-
+def _loader_rate(folder: str, prep, workers: int, batch: int, batches: int) -> float:
+    """images/s of the trainer's DataLoader (:meth:`Pipeline.loader`) over ``folder`` for ``batches`` batches,
+    worker start-up included (a few ms per forked worker; timing only after the first batch would credit the
+    batches prefetched meanwhile)."""
+    pipeline = _pipeline(folder, prep, batch)
     t = time.perf_counter()
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        batch_size=None if sampler is None else 1,
-        num_workers=workers,
-        collate_fn=collate_views,
-        worker_init_fn=seed_worker,
-        prefetch_factor=2,
-    )
+    loader = pipeline.loader(_views(), None, _span(batch, batches), workers, torch.device("cpu"))
     it = iter(loader)
     images = sum(next(it)["views"][0].shape[0] for _ in range(batches))
     rate = images / (time.perf_counter() - t)
@@ -137,10 +135,6 @@ def _loader_rate(dataset, workers: int, batches: int, sampler=None) -> float:
 
 def run(ctx) -> list[dict]:
     import cv2
-
-    from ...data.io import Source, read_source
-    from ...data.presets import Preprocessing
-    from ...data.shards import decode_png, load_index, prepare, read_shard
 
     n, side = (48, 256) if ctx.quick else (512, 512)
     workers = min(4, os.cpu_count() or 1)
@@ -187,15 +181,9 @@ def run(ctx) -> list[dict]:
         case = f"DataLoader, {workers} workers, batch {batch}, two {SIZE}px views"
         if ctx.selected(case):
             ctx.log(f"data: {case}")
-            from ...data.datasets import ImageSet, PretrainDataset, StreamBatchSampler
-            from ...data.io import scan
-
             batches = max(2, n // batch)
-            files = PretrainDataset(ImageSet(scan(folders["dicom"]).sources, prep), _views(), seed=0)
-            rates = {
-                "dicom": _loader_rate(files, workers, batches, StreamBatchSampler(batch, 1, 0, 0, batches)),
-                "shards": _loader_rate(_shard_stream(shards, prep, workers, batch), workers, batches),
-            }
+            rates = {fmt: _loader_rate(folders[fmt] if fmt != "shards" else shards, prep, workers, batch, batches)
+                     for fmt in ("dicom", "shards")}  # fmt: skip
             params = {"n": n, "side": side, "size": SIZE, "views": 2, "workers": workers, "batch": batch}
             for fmt, rate in rates.items():
                 rows.append(
