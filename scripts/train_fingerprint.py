@@ -56,32 +56,34 @@ def _labels(root: Path, images: str) -> list[str]:
     return ["--labels", f"side={single}", "--labels", f"find={multi}"]
 
 
-BASE = ["--steps", "3", "--batch-size", "8", "--workers", "0", "--max-side", "64", "--arch", "resnet18", "--width",
-        "4", "--image-size", "32", "--seed", "3", "--ckpt-every", "2", "--no-eval"]  # fmt: skip
+BASE = (
+    "--steps 3 --batch-size 8 --workers 0 --max-side 64 --arch resnet18 --width 4 --image-size 32 --seed 3 "
+    "--ckpt-every 2 --no-eval"
+).split()
+GM = "--loss gm --head-opt dim=16 --head-opt graph_size=4 --k 2".split()
+INFONCE = "--loss infonce --head-opt hidden_dim=16 --head-opt out_dim=8".split()
 
 
 def cases(root: Path) -> dict[str, list[str]]:
     a = _images(root / "a", 16, 0)
     b = _images(root / "b", 10, 1)
     return {
-        "gm": ["--data", a, "--loss", "gm", "--head-opt", "dim=16", "--head-opt", "graph_size=4", "--k", "2"],
-        "gm-local-crops": ["--data", a, "--loss", "gm", "--head-opt", "dim=16", "--head-opt", "graph_size=4",
-                           "--k", "2", "--local-crops", "2", "--local-size", "32"],  # fmt: skip
-        "infonce": ["--data", a, "--loss", "infonce", "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=8"],
-        "infonce-workers": ["--data", a, "--loss", "infonce", "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=8",
-                            "--workers", "2"],  # fmt: skip
-        "vicreg": ["--data", a, "--loss", "vicreg", "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=16"],
-        "peac": ["--data", a, "--loss", "peac", "--image-size", "64", "--head-opt", "dim=8", "--head-opt",
-                 "hidden_dim=16"],  # fmt: skip
-        "ark": [*_labels(root, a), "--loss", "ark", "--head-opt", "dim=8", "--head-opt", "hidden_dim=16"],
-        "genesis": ["--data", a, "--loss", "genesis", "--batch-size", "2"],
-        "genesis-3d": ["--data", _volumes(root / "vols"), "--loss", "genesis", "--arch", "unet3d", "--crop3d", "8",
-                       "16", "16", "--batch-size", "2"],  # fmt: skip
-        "mixture": ["--data", f"x={a}:2", "--data", f"y={b}:1", "--loss", "infonce", "--head-opt", "hidden_dim=16",
-                    "--head-opt", "out_dim=8"],  # fmt: skip
-        "mixture-balanced": ["--data", f"x={a}", "--data", f"y={b}", "--balance", "dataset", "--loss", "gm",
-                             "--head-opt", "dim=16", "--head-opt", "graph_size=4", "--k", "2"],  # fmt: skip
-        "shards": ["--data", "SHARDS", "--loss", "infonce", "--head-opt", "hidden_dim=16", "--head-opt", "out_dim=8"],
+        "gm": ["--data", a, *GM],
+        "gm-local-crops": ["--data", a, *GM, *"--local-crops 2 --local-size 32".split()],
+        "infonce": ["--data", a, *INFONCE],
+        "infonce-workers": ["--data", a, *INFONCE, "--workers", "2"],
+        "vicreg": ["--data", a, *"--loss vicreg --head-opt hidden_dim=16 --head-opt out_dim=16".split()],
+        "peac": ["--data", a, *"--loss peac --image-size 64 --head-opt dim=8 --head-opt hidden_dim=16".split()],
+        "ark": [*_labels(root, a), *"--loss ark --head-opt dim=8 --head-opt hidden_dim=16".split()],
+        "genesis": ["--data", a, *"--loss genesis --batch-size 2".split()],
+        "genesis-3d": [
+            "--data",
+            _volumes(root / "vols"),
+            *"--loss genesis --arch unet3d --crop3d 8 16 16 --batch-size 2".split(),
+        ],
+        "mixture": ["--data", f"x={a}:2", "--data", f"y={b}:1", *INFONCE],
+        "mixture-balanced": ["--data", f"x={a}", "--data", f"y={b}", "--balance", "dataset", *GM],
+        "shards": ["--data", "SHARDS", *INFONCE],
     }
 
 
