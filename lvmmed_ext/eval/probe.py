@@ -369,12 +369,14 @@ def knn_predict(
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    """Accuracy, balanced accuracy (mean recall over the classes present) and the confusion matrix.
+    """Accuracy, balanced accuracy (mean recall over the classes present), the confusion matrix, and the per-image
+    ``test_labels`` and ``predictions`` (class indices in test order; ``lvmmed ablate`` pairs two backbones' answers
+    on the same test images with them).
 
     Example:
         >>> s = scores(np.array([0, 0, 1]), np.array([0, 1, 1]), 2)
-        >>> round(s["accuracy"], 3), s["balanced_accuracy"], s["confusion"]
-        (0.667, 0.75, [[1, 1], [0, 1]])
+        >>> round(s["accuracy"], 3), s["balanced_accuracy"], s["confusion"], s["predictions"]
+        (0.667, 0.75, [[1, 1], [0, 1]], [0, 1, 1])
     """
     cm = np.zeros((n_classes, n_classes), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
@@ -384,6 +386,8 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
         "accuracy": float(np.diag(cm).sum() / max(cm.sum(), 1)),
         "balanced_accuracy": float(recall.mean()) if recall.size else 0.0,
         "confusion": cm.tolist(),
+        "test_labels": [int(v) for v in y_true],
+        "predictions": [int(v) for v in y_pred],
     }
 
 

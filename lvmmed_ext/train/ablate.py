@@ -1,7 +1,13 @@
 """``lvmmed ablate``: the gm loss, its Table 6 ablations (LVMMED_SPEC §5) and the InfoNCE / VICReg baselines,
 pretrained with one seed, data, views, optimiser and budget, each evaluated by the linear probe and kNN; writes a
 Markdown table, a bar chart and a JSON of the results (timings go to a separate file so that the table of a run
-is reproducible byte for byte on CPU)."""
+is reproducible byte for byte on CPU).
+
+Comparisons are paired: the same seed gives every configuration the same initial weights, data order, views and
+test images, so each configuration is compared with a reference configuration (``--reference``) seed by seed, and
+the mean of those differences gets a 95% interval from a bootstrap over the seeds and the test images (the
+evaluation keeps each test image's prediction for it). Only an interval that excludes 0, or a difference of the
+same sign on every seed, is called "ahead" or "behind"."""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..data.demo import (
     DEMO_HEAD_OPTS,
@@ -30,7 +38,7 @@ from ..heads import build_head, head_names, head_needs
 from ..options import Option, add_arguments
 from ..system import default_device, loader_workers, save_figure
 from . import checkpoint as ckpt_io
-from .config import add_train_arguments, build_config, check_resume, gm_defaults, parse_head_opt
+from .config import TRAIN_OPTIONS, add_train_arguments, build_config, check_resume, gm_defaults, parse_head_opt
 from .progress import read_csv
 from .trainer import pretrain
 
@@ -206,6 +214,27 @@ ABLATE_OPTIONS = (
         group="ablation",
         commands=("ablate",),
     ),  # fmt: skip
+    Option(
+        "reference",
+        "--reference",
+        None,
+        "the configuration every other row is compared with seed by seed (paired differences, their mean with a "
+        "95% bootstrap interval over seeds and test images): a --configs name or 'random init'. Default: the first "
+        "configuration",
+        group="ablation",
+        metavar="NAME",
+        commands=("ablate",),
+    ),  # fmt: skip
+    Option(
+        "render",
+        "--render",
+        None,
+        "re-render the table and chart of a saved ablation.json (no training or evaluation; e.g. with another "
+        "--reference) into --out (default: the JSON's folder)",
+        group="ablation",
+        metavar="ABLATION_JSON",
+        commands=("ablate",),
+    ),  # fmt: skip
 )
 
 
@@ -231,7 +260,10 @@ def _ablate_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _ablate_args(parser().parse_args(argv))
+    args = parser().parse_args(argv)
+    if getattr(args, "render", None) is not None:
+        return run_command("lvmmed ablate", lambda: _render(args))
+    args = _ablate_args(args)
     return run_command("lvmmed ablate", lambda: _run(args), "interrupted; rerun the same command with --out <folder> "
                        "to continue")  # fmt: skip
 
@@ -253,13 +285,26 @@ def _log_tail_means(run_dir: str) -> dict[str, float]:
     return out
 
 
+def logged_train_seconds(run_dir: str) -> float | None:
+    """Seconds the training loop of the run in ``run_dir`` took, from its ``log.csv`` (``elapsed_s`` restarts at
+    each resume, so the parts are added); None without a log. For a reused run these are the seconds of the
+    command that trained it."""
+    path = os.path.join(run_dir, "log.csv")
+    if not os.path.exists(path):
+        return None
+    elapsed = [float(r["elapsed_s"]) for r in read_csv(path) if r.get("elapsed_s") not in (None, "")]
+    if not elapsed:
+        return None
+    ends = [a for a, b in zip(elapsed, elapsed[1:]) if b < a]  # the last row of every part but the last
+    return sum(ends) + elapsed[-1]
+
+
 def _pretrain_or_reuse(cfg):
     """Pretrain ``cfg`` into ``cfg.out``; a finished run there with the same settings is reused, an interrupted
-    one resumed. Returns (exported backbone path, "trained" | "resumed" | "reused", the RunResult or None)."""
+    one resumed. Returns (exported backbone path, "trained" | "resumed" | "reused")."""
     ckpt = os.path.join(cfg.out, "checkpoint.pt")
     if not os.path.exists(ckpt):
-        result = pretrain(cfg)
-        return result.weights, "trained", result
+        return pretrain(cfg).weights, "trained"
     saved = ckpt_io.load_checkpoint(ckpt)
     cfg.global_batch = cfg.batch_size * cfg.accum
     try:
@@ -267,12 +312,11 @@ def _pretrain_or_reuse(cfg):
     except UsageError as e:
         raise UsageError(f"{e}; pass another --out for a new ablation") from None
     if int(saved["step"]) < int(saved["config"]["steps"]):
-        result = pretrain(cfg, resume=ckpt)
-        return result.weights, "resumed", result
+        return pretrain(cfg, resume=ckpt).weights, "resumed"
     weights = os.path.join(cfg.out, "backbone.pth")
     if not os.path.exists(weights):
         weights, _ = ckpt_io.export_backbone(ckpt, weights)
-    return weights, "reused", None
+    return weights, "reused"
 
 
 def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
@@ -321,6 +365,239 @@ def aggregate(per_seed: dict) -> tuple[dict, dict]:
     return {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
 
 
+# Paired comparisons. The per-seed differences use the table's balanced accuracies; the interval resamples the
+# seeds and, within each seed, the test images (within their class, so that each resample is scored by balanced
+# accuracy like the table), with a fixed generator so that a rerun gives the same table.
+PAIRED_KEYS = ("linear_probe_bal_acc", "knn_bal_acc")
+BOOTSTRAP = {"samples": 2000, "level": 0.95, "seed": 0}
+_TIE = 1e-9  # differences smaller than this are ties (float noise of equal accuracies)
+
+
+def encode_ints(values) -> str:
+    """Class indices as one compact JSON string (``"0 2 1"``); :func:`decode_ints` reverses it."""
+    return " ".join(str(int(v)) for v in values)
+
+
+def decode_ints(text: str) -> np.ndarray:
+    return np.array([int(v) for v in text.split()], dtype=np.int64)
+
+
+def pick_reference(name: str | None, names: list[str], default: str) -> str:
+    """The ``--reference`` configuration: ``name`` if it is one of ``names``, ``default`` when not given."""
+    if name is None:
+        return default
+    if name not in names:
+        raise UsageError(f"--reference: no configuration {name!r}; use one of {', '.join(repr(n) for n in names)}")
+    return name
+
+
+def paired_bootstrap(seeds, samples: int = BOOTSTRAP["samples"], level: float = BOOTSTRAP["level"],
+                     seed: int = BOOTSTRAP["seed"]) -> tuple[float, float]:  # fmt: skip
+    """Interval of the mean over seeds of a paired balanced-accuracy difference (b - a).
+
+    Args:
+        seeds: one ``(labels, correct_a, correct_b)`` per seed: each test image's class and whether backbone a and
+            backbone b got it right (the same test images for both).
+        samples, level, seed: bootstrap resamples, interval level, generator seed.
+
+    Each resample draws the seeds with replacement and, for every drawn seed, its test images with replacement
+    within each class; the statistic is the mean over the drawn seeds of b's balanced accuracy minus a's. Returns
+    the ``level`` percentile interval.
+
+    Example:
+        >>> labels = np.repeat([0, 1], 50)  # b gets every image right, a every other one: +0.5 on each seed
+        >>> lo, hi = paired_bootstrap([(labels, np.arange(100) % 2 == 0, np.ones(100, bool))] * 3)
+        >>> round(lo, 2), round(hi, 2)
+        (0.45, 0.56)
+    """
+    if not seeds:
+        raise ValueError("paired_bootstrap needs at least one seed")
+    per_class = []
+    for i, (labels, a, b) in enumerate(seeds):
+        labels, a, b = np.asarray(labels), np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+        if not labels.ndim == a.ndim == b.ndim == 1 or not len(labels) == len(a) == len(b) or len(labels) == 0:
+            raise ValueError(f"seed {i}: labels, correct_a and correct_b must be 1-D of one non-zero length, got "
+                             f"{labels.shape}, {a.shape}, {b.shape}")  # fmt: skip
+        d = b.astype(np.float64) - a.astype(np.float64)
+        per_class.append([d[labels == c] for c in np.unique(labels)])
+    rng = np.random.default_rng(seed)
+    n = len(seeds)
+    pick = rng.integers(0, n, size=(samples, n))
+    total = np.zeros(samples)
+    for slot in range(n):
+        for s, classes in enumerate(per_class):
+            rows = np.flatnonzero(pick[:, slot] == s)
+            if rows.size:
+                draws = [dc[rng.integers(0, dc.size, size=(rows.size, dc.size))].mean(axis=1) for dc in classes]
+                total[rows] += np.mean(draws, axis=0)
+    lo, hi = np.quantile(total / n, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def verdict(differences: list[float], interval: tuple[float, float] | None) -> str:
+    """The wording of a paired comparison: "ahead"/"behind" when the interval excludes 0; "ahead/behind on every
+    seed" when every seed's difference has that sign (at least 2 seeds) but there is no interval or it includes 0;
+    else "not separated"."""
+    if interval is not None and interval[0] > _TIE:
+        return "ahead"
+    if interval is not None and interval[1] < -_TIE:
+        return "behind"
+    if len(differences) >= 2 and all(d > _TIE for d in differences):
+        return "ahead on every seed"
+    if len(differences) >= 2 and all(d < -_TIE for d in differences):
+        return "behind on every seed"
+    return "not separated"
+
+
+def _paired_keys(rows: list[dict], settings: dict) -> list[str]:
+    keys = [f"{t['name']}/{k}" for t in settings["tasks"] for k in PAIRED_KEYS]
+    return keys + (["segment/mean_dice"] if any("segment/mean_dice" in r["mean"] for r in rows) else [])
+
+
+def _correctness(row: dict, ref: dict, key: str, seeds: list[str], test_labels: dict):
+    """Per seed (labels, reference correct, row correct) for ``key``, or None without per-image predictions."""
+    task = key.split("/")[0]
+    try:
+        out = []
+        for s in seeds:
+            labels = decode_ints(test_labels[s][task])
+            out.append((labels, decode_ints(ref["per_image"][s][key]) == labels,
+                        decode_ints(row["per_image"][s][key]) == labels))  # fmt: skip
+        return out
+    except (KeyError, TypeError):
+        return None
+
+
+def paired_differences(rows: list[dict], settings: dict, test_labels: dict | None, reference: str) -> dict:
+    """Every row against the ``reference`` row: per metric (each task's linear-probe and kNN balanced accuracy,
+    the segmentation Dice when it ran) the difference row - reference on each seed both have, its mean over the
+    seeds, its 95% interval (:func:`paired_bootstrap`; None where the rows hold no per-image predictions: JSON
+    written before they were kept, or the segmentation's Dice) and the :func:`verdict`."""
+    by_name = {r["configuration"]: r for r in rows}
+    ref = by_name[reference]
+    keys = _paired_keys(rows, settings)
+    no_interval: set[str] = set()
+    out_rows = []
+    for row in rows:
+        if row is ref:
+            continue
+        cells = {}
+        for key in keys:
+            seeds = [s for s in ref["per_seed"] if key in ref["per_seed"][s] and key in row["per_seed"].get(s, {})]
+            if not seeds:
+                continue
+            diffs = {s: row["per_seed"][s][key] - ref["per_seed"][s][key] for s in seeds}
+            data = _correctness(row, ref, key, seeds, test_labels or {})
+            interval = None if data is None else paired_bootstrap(data)
+            if data is None:
+                no_interval.add(key)
+            cells[key] = {"per_seed": diffs, "mean": sum(diffs.values()) / len(diffs),
+                          "interval": None if interval is None else list(interval),
+                          "verdict": verdict(list(diffs.values()), interval)}  # fmt: skip
+        out_rows.append({"configuration": row["configuration"], "differences": cells})
+    return {"reference": reference, "bootstrap": dict(BOOTSTRAP), "keys": keys, "rows": out_rows,
+            "no_interval": [k for k in keys if k in no_interval]}  # fmt: skip
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    x = round(x, digits)
+    return f"{0.0:.{digits}f}" if x == 0 else f"{x:+.{digits}f}"
+
+
+def _key_label(key: str) -> str:
+    if key == "segment/mean_dice":
+        return "seg Dice"
+    task, metric = key.split("/", 1)
+    return f"{task}: {'linear probe' if metric.startswith('linear_probe') else 'kNN'}"
+
+
+def _paired_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    text = _signed(cell["mean"])
+    if cell["interval"] is not None:
+        text += f" [{_signed(cell['interval'][0])}, {_signed(cell['interval'][1])}]"
+    return f"{text} {cell['verdict']}; per seed {' / '.join(_signed(v) for v in cell['per_seed'].values())}"
+
+
+def paired_table(paired: dict) -> str:
+    """The paired comparisons as Markdown: an explanation and one row per configuration (mean difference,
+    interval, verdict and each seed's difference, per metric)."""
+    keys, b = paired["keys"], paired["bootstrap"]
+    lines = [
+        "",
+        f"**Paired differences against `{paired['reference']}`** (configuration − reference on the same seed, i.e. "
+        "the same initialisation, data order, views and test images): the mean over the seeds, its "
+        f"{b['level']:.0%} interval from a bootstrap over the seeds and the test images ({b['samples']} "
+        "resamples; test images resampled within their class and scored by balanced accuracy), and each seed's "
+        "difference. ahead / behind: the interval excludes 0; ahead / behind on every seed: every seed's difference "
+        "has that sign (2 or more seeds) but the interval includes 0 or is missing; otherwise not separated.",
+    ]
+    missing = [k for k in paired["no_interval"] if k != "segment/mean_dice"]
+    if missing:
+        lines.append(
+            f"No interval for {', '.join(_key_label(k) for k in missing)}: the interval needs per-image data (each "
+            "test image's prediction), which this ablation.json does not hold (written before `lvmmed ablate` kept "
+            "it); per-seed differences only."
+        )
+    if "segment/mean_dice" in paired["no_interval"]:
+        lines.append("No interval for seg Dice: the Dice of each test slice is not kept; per-seed differences only.")
+    lines += ["", "| configuration | " + " | ".join(_key_label(k) for k in keys) + " |",
+              "|---|" + "---|" * len(keys)]  # fmt: skip
+    for r in paired["rows"]:
+        lines.append(f"| {r['configuration']} | " + " | ".join(_paired_cell(r["differences"].get(k)) for k in keys)
+                     + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _title(settings: dict) -> str:
+    data, seeds = settings["data"], settings["seeds"]
+    name = "demo images" if data == "demo" else os.path.basename(str(data).rstrip(os.sep))
+    return f"{name}: {settings['steps']} steps, " + (
+        f"seed {seeds[0]}" if len(seeds) == 1 else f"mean +- std over seeds {','.join(map(str, seeds))}"
+    )
+
+
+def _write_outputs(rows: list[dict], settings: dict, paired: dict, out: str) -> tuple[str, str | None]:
+    """ablation.md and ablation.png in ``out``; prints the table. Returns their paths (None: no matplotlib)."""
+    md_path = os.path.join(out, "ablation.md")
+    table = markdown_table(rows, settings, paired)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(table)
+    tasks = [t["name"] for t in settings["tasks"]]
+    png = plot_ablation(rows, os.path.join(out, "ablation.png"), _title(settings), tasks, paired)
+    print(table)
+    return md_path, png
+
+
+def _render(args: argparse.Namespace) -> int:
+    """``--render``: the table and chart of a saved ablation.json, against ``--reference``."""
+    flags = {o.key: o.flag for o in (*TRAIN_OPTIONS, *ABLATE_OPTIONS)}
+    extra = sorted(flags.get(k, k) for k in vars(args) if k not in ("render", "reference", "out"))
+    if extra:
+        raise UsageError(f"--render re-renders a saved ablation.json without training; drop {', '.join(extra)}")
+    path = args.render
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UsageError(f"--render: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"--render: {path} is not JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "settings" not in data:
+        raise UsageError(f"--render: {path} is not the ablation.json of lvmmed ablate (no 'settings' and 'rows')")
+    rows, settings = data["rows"], data["settings"]
+    names = [r["configuration"] for r in rows]
+    configs = [n for n in names if n != "random init"]
+    reference = pick_reference(getattr(args, "reference", None), names, configs[0] if configs else names[0])
+    paired = paired_differences(rows, settings, data.get("test_labels"), reference)
+    out = getattr(args, "out", None) or os.path.dirname(os.path.abspath(path))
+    os.makedirs(out, exist_ok=True)
+    md_path, png = _write_outputs(rows, settings, paired, out)
+    print(f"rendered {path} against {reference!r}:\n  table  {md_path}\n  chart  {png or '(matplotlib not installed)'}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     demo_flag = getattr(args, "demo", False)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -341,6 +618,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--eval-l2 must be a number or 'auto', got {args.eval_l2!r}") from None
     variants = parse_configs(args.configs)
+    reference = pick_reference(args.reference, ["random init"] + [v.name for v in variants], variants[0].name)
     # the budget's settings sit below the command line (as a --config file's would); the gm flags become
     # base.head_opts (for the gm configurations)
     base = build_config(args, None, dict(BUDGETS[args.budget or "short"]) if demo_flag else None)
@@ -381,6 +659,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"ablation: {len(plans)} configuration(s) x {len(seeds)} seed(s) x {base.steps} steps -> {out}", flush=True)
     names = ["random init"] + [v.name for v, _ in plans]
     per_seed: dict[str, dict[int, dict]] = {n: {} for n in names}
+    per_image: dict[str, dict[int, dict]] = {n: {} for n in names}  # predictions per test image
+    test_labels: dict[str, dict[str, str]] = {}
     timings: dict = {n: {} for n in names}
     tasks_meta: dict[str, dict] = {}
     done = 0
@@ -397,7 +677,7 @@ def _run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         evaluate_all = functools.partial(_evaluate_tasks, tasks, tasks_meta, seed, os.path.join(out, "eval"), eval_kw,
                                          seg=seg_data, seg_meta=seg_meta)  # fmt: skip
-        per_seed["random init"][seed] = evaluate_all(
+        per_seed["random init"][seed], per_image["random init"][seed], test_labels[str(seed)] = evaluate_all(
             "random", "random_init", arch=base.arch, width=base.width, in_chans=base.preprocessing.in_chans,
             image_size=base.image_size,
         )  # fmt: skip
@@ -411,27 +691,35 @@ def _run(args: argparse.Namespace) -> int:
             print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {v.about} (--loss {v.loss}; {_options_text(options)})",
                   flush=True)  # fmt: skip
             t0 = time.perf_counter()
-            weights, how, result = _pretrain_or_reuse(cfg)
+            weights, how = _pretrain_or_reuse(cfg)
             t_train = time.perf_counter() - t0
-            metrics = {**_log_tail_means(cfg.out), **evaluate_all(weights, folder_name(v.name))}
+            metrics, per_image[v.name][seed], labels = evaluate_all(weights, folder_name(v.name))
+            if labels != test_labels[str(seed)]:  # same seed, same data: the same test images in the same order
+                raise RuntimeError(f"configuration {v.name!r}, seed {seed}: the test labels differ from random init's")
+            metrics = {**_log_tail_means(cfg.out), **metrics}
             per_seed[v.name][seed] = metrics
+            loop_s = logged_train_seconds(cfg.out)
             timings[v.name][tag] = {
                 "pretrain": how,
-                "pretrain_s": round(t_train, 2),
+                "pretrain_s": None if loop_s is None else round(loop_s, 2),
+                "wall_s": round(t_train, 2),
                 "eval_s": round(time.perf_counter() - t0 - t_train, 2),
                 "steps": cfg.steps,
-                "loop_s_per_step": None if result is None else round(cfg.global_batch / result.images_per_s, 3),
+                "loop_s_per_step": None if loop_s is None else round(loop_s / cfg.steps, 3),
             }
             first = tasks[0][0]
+            trained = f"{how} in {t_train:.0f} s"
+            if how == "reused" and loop_s is not None:
+                trained = f"reused, trained in {loop_s:.0f} s"
             print(f"[{done}/{n_runs}] {v.name}, seed {seed}: {first} linear probe "
                   f"{metrics[f'{first}/linear_probe_bal_acc']:.3f}, kNN {metrics[f'{first}/knn_bal_acc']:.3f} "
-                  f"(balanced){_seg_text(metrics)} ({how} in {t_train:.0f} s, evaluated in "
-                  f"{timings[v.name][tag]['eval_s']:.0f} s)",
+                  f"(balanced){_seg_text(metrics)} ({trained}, evaluated in {timings[v.name][tag]['eval_s']:.0f} s)",
                   flush=True)  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - t_all, 2)
 
-    rows = [_row("random init", "-", "-", "the backbone every configuration starts from", per_seed["random init"])]
-    rows += [_row(v.name, v.loss, _options_text(o), v.about, per_seed[v.name]) for v, o in plans]
+    rows = [_row("random init", "-", "-", "the backbone every configuration starts from", per_seed["random init"],
+                 per_image["random init"])]  # fmt: skip
+    rows += [_row(v.name, v.loss, _options_text(o), v.about, per_seed[v.name], per_image[v.name]) for v, o in plans]
     settings = {
         "data": "demo" if demo else base.data,
         "arch": base.arch,
@@ -450,23 +738,18 @@ def _run(args: argparse.Namespace) -> int:
         "eval_k": args.eval_k,
         "eval_l2": l2,
     }
-    md_path, png_path, json_path = (os.path.join(out, f"ablation.{ext}") for ext in ("md", "png", "json"))
-    table = markdown_table(rows, settings)
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(table)
+    paired = paired_differences(rows, settings, test_labels, reference)
+    json_path = os.path.join(out, "ablation.json")
     with open(json_path, "w") as f:
-        json.dump({"settings": settings, "rows": rows}, f, indent=1)
+        json.dump({"settings": settings, "paired": paired, "rows": rows, "test_labels": test_labels}, f, indent=1)
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump(timings, f, indent=1)
-    title = f"{'demo images' if demo else os.path.basename(base.data.rstrip(os.sep))}: {base.steps} steps, " + (
-        f"seed {seeds[0]}" if len(seeds) == 1 else f"mean +- std over seeds {','.join(map(str, seeds))}"
-    )
-    png = plot_ablation(rows, png_path, title, list(tasks_meta))
-    print(table)
+    md_path, png = _write_outputs(rows, settings, paired, out)
     print("outputs:")
     print(f"  table       {md_path}")
     print(f"  chart       {png or '(matplotlib not installed)'}")
-    print(f"  results     {json_path}  (per-seed values, means and standard deviations)")
+    print(f"  results     {json_path}  (per-seed values, means, standard deviations, paired differences, per-image "
+          "predictions)")  # fmt: skip
     print(f"  timings     {os.path.join(out, 'timings.json')}  (total {timings['total_s']:.0f} s)")
     print(f"  runs        {os.path.join(out, 'runs')}/<configuration>/seed<S>/  (checkpoint, log, loss plot, backbone)")
     print(f"  evaluation  {os.path.join(out, 'eval')}/<task>/seed<S>/  (confusion matrices, results JSON"
@@ -489,15 +772,19 @@ def _labels_for(v: Variant, base, demo: bool, task_folder: str, seed: int) -> li
 def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: dict, weights: str, label: str,
                     seg=None, seg_meta=None, **kw):  # fmt: skip
     """Linear probe and kNN of ``weights`` on every task, and with ``seg`` (the demo's segmentation pairs) the mean
-    Dice of U-Net fine-tuning; returns the flat metrics (``task/metric``) and notes the tasks' train/test sizes in
-    ``tasks_meta`` and ``seg_meta``."""
-    metrics = {}
+    Dice of U-Net fine-tuning; returns (the flat metrics ``task/metric``, each balanced accuracy's predictions per
+    test image and each task's test labels, both as :func:`encode_ints` text) and notes the tasks' train/test sizes
+    in ``tasks_meta`` and ``seg_meta``."""
+    metrics, predictions, labels = {}, {}, {}
     for name, _, data in tasks:
         out = os.path.join(folder, name, f"seed{seed}")
         summary = evaluate(list(METHODS), weights, data, out=out, label=label, seed=seed, **eval_kw, **kw)
         metrics.update(_task_metrics(name, summary))
         lp = summary["results"]["linear-probe"]
         tasks_meta[name].update(n_train=lp["n_train"], n_test=lp["n_test"])
+        labels[name] = encode_ints(lp["test_labels"])
+        for method, key in zip(METHODS, ("linear_probe_bal_acc", "knn_bal_acc")):
+            predictions[f"{name}/{key}"] = encode_ints(summary["results"][method]["predictions"])
     if seg is not None:
         out = os.path.join(folder, "segment", f"seed{seed}", label)
         model = {key: kw.get(key) for key in ("arch", "width", "in_chans")}  # the random-init row names its model
@@ -508,7 +795,7 @@ def _evaluate_tasks(tasks, tasks_meta: dict, seed: int, folder: str, eval_kw: di
             metrics["segment/mean_dice"] = run["mean_dice"]
         seg_meta.update(n_train=summary["n_train_images"], n_test=summary["n_test_images"], classes=summary["classes"],
                         image_size=summary["image_size"], epochs=summary["settings"]["epochs"])  # fmt: skip
-    return metrics
+    return metrics, predictions, labels
 
 
 def _demo_segmentation_data(folder: str, base):
@@ -526,9 +813,9 @@ def _task_name(path: str, index: int) -> str:
     return stem if index == 0 else f"{stem}{index + 1}"
 
 
-def _row(name: str, loss: str, options: str, about: str, per_seed: dict) -> dict:
+def _row(name: str, loss: str, options: str, about: str, per_seed: dict, per_image: dict | None = None) -> dict:
     mean, std = aggregate(per_seed)
-    return {
+    row = {
         "configuration": name,
         "loss": loss,
         "options": options,
@@ -537,6 +824,9 @@ def _row(name: str, loss: str, options: str, about: str, per_seed: dict) -> dict
         "mean": mean,
         "std": std,
     }
+    if per_image:
+        row["per_image"] = {str(s): p for s, p in per_image.items()}
+    return row
 
 
 def _cell(row: dict, key: str, digits: int = 3) -> str:
@@ -546,11 +836,11 @@ def _cell(row: dict, key: str, digits: int = 3) -> str:
     return text + (f" ± {row['std'][key]:.{digits}f}" if len(row["per_seed"]) > 1 else "")
 
 
-def markdown_table(rows: list[dict], settings: dict) -> str:
+def markdown_table(rows: list[dict], settings: dict, paired: dict | None = None) -> str:
     """The ablation as Markdown: a settings paragraph and one row per configuration with, for each evaluation
     task, the linear-probe and kNN balanced accuracies (mean ± std over the seeds), the demo segmentation's mean
-    Dice when it ran, the final training loss and the noise-free matching accuracies (no timings, so that a rerun
-    gives the same bytes)."""
+    Dice when it ran, the final training loss and the noise-free matching accuracies, then with ``paired``
+    (:func:`paired_differences`) the :func:`paired_table` (no timings, so that a rerun gives the same bytes)."""
     width = "" if settings["width"] is None else f" (width {settings['width']})"
     seeds = settings["seeds"]
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (mean ± std)"
@@ -600,13 +890,15 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
         "cosines of their embeddings; backbone: a LAP on the cosines of the pooled backbone features). Chance = "
         "1 / graph size.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (paired_table(paired) if paired else "")
 
 
-def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str]) -> str | None:
+def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str], paired: dict | None = None) -> str | None:
     """One panel per task: linear-probe and kNN balanced accuracy per configuration (mean, with the standard
-    deviation over seeds as error bars; the random-init row first, hatched). Returns the PNG path, or None when
-    matplotlib is missing."""
+    deviation over seeds as error bars; the random-init row first, hatched); with ``paired`` a second panel per
+    task beside it: each configuration's mean paired difference from the reference (bars), its 95% interval
+    (error bars, where the per-image data allow one) and each seed's difference (dots). Returns the PNG path, or
+    None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -620,9 +912,9 @@ def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str]) -> 
     names = [r["configuration"] for r in rows]
     x = np.arange(len(rows))
     series = (("linear_probe_bal_acc", "linear probe", "#08519c", -0.2), ("knn_bal_acc", "kNN", "#fd8d3c", 0.2))
-    fig, axes = plt.subplots(
-        len(tasks), 1, figsize=(max(6.0, 1.1 * len(rows) + 1.5), 3.6 * len(tasks)), dpi=110, squeeze=False
-    )
+    width = max(6.0, 1.1 * len(rows) + 1.5)
+    fig, axes = plt.subplots(len(tasks), 2 if paired else 1, figsize=(width * (2 if paired else 1), 3.6 * len(tasks)),
+                             dpi=110, squeeze=False)  # fmt: skip
     for ax, task in zip(axes[:, 0], tasks):
         lows = []
         for key, _, colour, offset in series:
@@ -642,10 +934,39 @@ def plot_ablation(rows: list[dict], path: str, title: str, tasks: list[str]) -> 
     handles = [Patch(color=colour, label=label) for _, label, colour, _ in series]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="random init (reference)"))
     axes[0, 0].legend(handles=handles, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    if paired:
+        for ax, task in zip(axes[:, 1], tasks):
+            _plot_paired(ax, paired, task, series)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def _plot_paired(ax, paired: dict, task: str, series) -> None:
+    """One task's paired differences from the reference: bars (mean), error bars (95% interval), dots (seeds)."""
+    import numpy as np
+
+    names = [r["configuration"] for r in paired["rows"]]
+    x = np.arange(len(names))
+    for metric, label, colour, offset in series:
+        cells = [r["differences"].get(f"{task}/{metric}") for r in paired["rows"]]
+        means = [c["mean"] if c else float("nan") for c in cells]
+        have = [c is not None and c["interval"] is not None for c in cells]
+        low = [c["mean"] - c["interval"][0] if ok else 0.0 for c, ok in zip(cells, have)]
+        high = [c["interval"][1] - c["mean"] if ok else 0.0 for c, ok in zip(cells, have)]
+        ax.bar(x + offset, means, 0.4, color=colour, alpha=0.8, label=label,
+               yerr=[low, high] if any(have) else None, capsize=3, ecolor="#333333")  # fmt: skip
+        for i, c in enumerate(cells):
+            seeds = list(c["per_seed"].values()) if c else []
+            ax.plot([x[i] + offset] * len(seeds), seeds, "o", color="black", markersize=3, zorder=3)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=25, ha="right")
+    ax.set_ylabel(f"{task}: difference from {paired['reference']}")
+    ax.grid(axis="y", alpha=0.3)
+    interval = "no interval: per-image data missing" if any(k.startswith(f"{task}/") for k in paired["no_interval"]) \
+        else f"bars: {paired['bootstrap']['level']:.0%} interval over seeds and test images"  # fmt: skip
+    ax.set_title(f"paired with {paired['reference']} (dots: seeds; {interval})", fontsize=9)
 
 
 if __name__ == "__main__":
