@@ -19,6 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
@@ -500,8 +501,10 @@ def paired_differences(rows: list[dict], settings: dict, test_labels: dict | Non
 
 
 def _signed(x: float, digits: int = 3) -> str:
-    x = round(x, digits)
-    return f"{0.0:.{digits}f}" if x == 0 else f"{x:+.{digits}f}"
+    """``x`` with its sign, halves rounded away from 0 (differences of accuracies on 400 images are often exact
+    halves, which binary floats would round either way)."""
+    q = Decimal(repr(round(x, 9))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{0.0:.{digits}f}" if q == 0 else f"{q:+.{digits}f}"
 
 
 def _key_label(key: str) -> str:
