@@ -131,29 +131,38 @@ class PretrainDataset(Dataset):
 def views_of(img: np.ndarray, scale, rng: np.random.Generator, views: MultiViewConfig, prep: Preprocessing, pair=None):
     """``{"views": [...], "pos": [...]}`` of one decoded image (float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]):
     every view of ``views`` (or, with ``pair``, one global crop made into ``[input, target]``) as a normalised
-    float32 ``[C, size, size]`` tensor with its float32 ``[R*S, 2]`` cell centres in original pixels."""
-    out_views, pos = [], []
-    if pair is not None:
+    float32 ``[C, size, size]`` tensor with its float32 ``[R*S, 2]`` cell centres in original pixels.
+
+    ``pair`` is a head's data hook: an object with ``make_pair(view, rng) -> (input, target)`` (restoration heads),
+    or with ``distort(view, rng, grid) -> (view, extra)``, which corrupts the first view (the sample then has
+    ``"extra"``: the hook's arrays as tensors plus ``"clean"``, the first view before the corruption)."""
+    to_tensor = lambda v: torch.from_numpy(to_chw(np.ascontiguousarray(v), prep.in_chans, prep.mean, prep.std))  # noqa: E731
+    if pair is not None and hasattr(pair, "make_pair"):
         view, p = make_view(img, rng, views.global_view, scale)
-        for v in pair.make_pair(view, rng):
-            out_views.append(torch.from_numpy(to_chw(np.ascontiguousarray(v), prep.in_chans, prep.mean, prep.std)))
-            pos.append(torch.from_numpy(p))
-        return {"views": out_views, "pos": pos}
-    for cfg in views.configs():
-        view, p = make_view(img, rng, cfg, scale)
-        out_views.append(torch.from_numpy(to_chw(view, prep.in_chans, prep.mean, prep.std)))
-        pos.append(torch.from_numpy(p))
-    return {"views": out_views, "pos": pos}
+        made = [to_tensor(v) for v in pair.make_pair(view, rng)]
+        return {"views": made, "pos": [torch.from_numpy(p)] * len(made)}
+    drawn = views.draw(img, rng, scale)
+    out = {"views": [to_tensor(v) for v, _ in drawn], "pos": [torch.from_numpy(p) for _, p in drawn]}
+    if pair is not None:
+        first = drawn[0][0]
+        distorted, extra = pair.distort(first, rng, views.global_view.grid)
+        out["views"][0] = to_tensor(distorted)
+        out["extra"] = {"clean": to_tensor(first), **{k: torch.as_tensor(v) for k, v in extra.items()}}
+    return out
 
 
 def collate_views(samples: list[dict]) -> dict:
-    """Stack a list of ``PretrainDataset`` samples: ``views[k]`` ``[B, C, H, W]``, ``pos[k]`` ``[B, P, 2]``."""
+    """Stack a list of ``PretrainDataset`` samples: ``views[k]`` ``[B, C, H, W]``, ``pos[k]`` ``[B, P, 2]`` (and
+    each ``extra`` entry, when the samples have one)."""
     n_views = len(samples[0]["views"])
-    return {
+    out = {
         "views": [torch.stack([s["views"][k] for s in samples]) for k in range(n_views)],
         "pos": [torch.stack([s["pos"][k] for s in samples]) for k in range(n_views)],
         "bad": [b for s in samples for b in s["bad"]],
     }
+    if "extra" in samples[0]:
+        out["extra"] = {k: torch.stack([s["extra"][k] for s in samples]) for k in samples[0]["extra"]}
+    return out
 
 
 class TaskStream(Dataset):
@@ -197,24 +206,42 @@ def collate_task_views(samples: list[dict]) -> dict:
     return out
 
 
-class CyclingBatchSampler(Sampler):
-    """Like :class:`StreamBatchSampler` over ``groups`` streams taken in turn: micro-step m reads group
-    ``m mod groups`` (every rank the same group), at positions ``(m div groups) * B * W + r * B + j`` of that
-    group's stream. Yields lists of ``(group, position)``; resuming at a micro-step reproduces the same batches."""
+TASK_CYCLES = ("batch", "epoch")
 
-    def __init__(self, batch_size: int, world: int, rank: int, start: int, stop: int, groups: int):
+
+class CyclingBatchSampler(Sampler):
+    """Like :class:`StreamBatchSampler` over ``groups`` streams taken in turn. A round gives group g ``turns[g]``
+    consecutive micro-steps (default 1 each: the next group every micro-step; with ``turns[g]`` = micro-steps of a
+    pass over group g's images, a whole pass per group, as Ark trains), every rank the same group. Group g's t-th
+    micro-step reads positions ``t * B * W + r * B + j`` of its stream. Yields lists of ``(group, position)``;
+    resuming at a micro-step reproduces the same batches."""
+
+    def __init__(
+        self, batch_size: int, world: int, rank: int, start: int, stop: int, groups: int, turns: list[int] | None = None
+    ):
         if groups < 1:
             raise ValueError(f"groups must be >= 1, got {groups}")
+        turns = [1] * groups if turns is None else [int(t) for t in turns]
+        if len(turns) != groups or min(turns) < 1:
+            raise ValueError(f"turns must give each of the {groups} groups >= 1 micro-steps, got {turns}")
         self.batch_size, self.world, self.rank, self.start, self.stop = batch_size, world, rank, start, stop
-        self.groups = groups
+        self.groups, self.turns = groups, turns
+        self._ends = np.cumsum(turns)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
+    def locate(self, m: int) -> tuple[int, int, float]:
+        """(group, that group's micro-step index, passes completed before micro-step ``m``) of micro-step ``m``."""
+        rnd, offset = divmod(m, int(self._ends[-1]))
+        group = int(np.searchsorted(self._ends, offset, side="right"))
+        inside = offset - (int(self._ends[group - 1]) if group else 0)
+        return group, rnd * self.turns[group] + inside, rnd * self.groups + group + inside / self.turns[group]
+
     def __iter__(self):
         b, w = self.batch_size, self.world
         for m in range(self.start, self.stop):
-            group, turn = m % self.groups, m // self.groups
+            group, turn, _ = self.locate(m)
             first = turn * b * w + self.rank * b
             yield [(group, p) for p in range(first, first + b)]
 

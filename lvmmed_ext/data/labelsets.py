@@ -5,7 +5,11 @@ A label CSV lists one image file per row (a multi-frame file or volume gives eve
 * one label column, ``path,label[,split]`` (header optional): one class per image, trained with softmax
   cross-entropy (``kind = "single"``); the classes are the distinct values;
 * several label columns, with a header ``path,<name1>,<name2>,...[,split]``: multi-label 0/1 targets, trained with
-  binary cross-entropy (``kind = "multi"``).
+  binary cross-entropy (``kind = "multi"``). A value -1 (uncertain, as CheXpert and MIMIC-CXR write it) or a
+  blank cell (not mentioned) follows the ``uncertain`` policy (``UNCERTAIN_POLICIES``): refused by default;
+  ``ignore`` leaves the cell out of the loss (NaN target); ``ones``/``zeros`` and Ark's label-smoothing
+  ``lsr-ones``/``lsr-zeros`` replace -1 (a soft value drawn once per cell from U(0.55, 0.85) / U(0, 0.3), a pure
+  function of the dataset name and the row), and read a blank cell as 0.
 
 Relative paths are relative to the CSV's folder. Rows whose ``split`` is ``test`` are left out, so that pretraining
 never sees the images an evaluation would test on; other split values (``train``, empty) are used.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +28,26 @@ from ..errors import UsageError
 from .datasets import ImageSet, Item
 from .manifest import scan
 from .presets import Preprocessing
+
+UNCERTAIN_POLICIES = ("error", "ignore", "ones", "zeros", "lsr-ones", "lsr-zeros")
+_UNCERTAIN = ("-1", "-1.0")
+_LSR = {"lsr-ones": (0.55, 0.85), "lsr-zeros": (0.0, 0.3)}
+
+
+def uncertain_value(value: str, policy: str, rng: np.random.Generator) -> float:
+    """The target of one multi-label cell ``value`` (``"0"``, ``"1"``, ``"-1"`` or ``""``) under ``policy``;
+    ``ValueError`` for a value the policy does not accept."""
+    if value in ("0", "1", "0.0", "1.0"):
+        return float(value)
+    if policy == "error" or value not in (*_UNCERTAIN, ""):
+        raise ValueError(value)
+    if policy == "ignore":
+        return float("nan")
+    if value == "":  # not mentioned: a negative (Ark's loaders read a blank cell as 0)
+        return 0.0
+    if policy in _LSR:
+        return float(rng.uniform(*_LSR[policy]))
+    return 1.0 if policy == "ones" else 0.0
 
 
 @dataclass
@@ -94,17 +119,23 @@ def _rows(name: str, path: str) -> tuple[list[str], list[list[str]], list[int]]:
     return labels, rows, numbers
 
 
-def load_label_set(spec: str, prep: Preprocessing, cache_bytes: int = 1 << 30) -> LabelSet:
-    """Read ``NAME=CSV`` (see the module docstring) into a :class:`LabelSet`.
+def load_label_set(spec: str, prep: Preprocessing, cache_bytes: int = 1 << 30, uncertain: str = "error") -> LabelSet:
+    """Read ``NAME=CSV`` (see the module docstring) into a :class:`LabelSet`; ``uncertain`` is the policy for
+    multi-label values -1 and blank cells (``UNCERTAIN_POLICIES``).
 
     Raises:
         UsageError: a malformed spec or CSV (a row with the wrong number of columns, a multi-label value other than
-            0/1, an unknown split), a listed file that does not exist, fewer than 2 classes in a single-label set,
-            or no image left after dropping the test rows; the message names the argument and the line.
+            0/1 or one the ``uncertain`` policy refuses, an unknown split), a listed file that does not exist, fewer
+            than 2 classes in a single-label set, or no image left after dropping the test rows; the message names
+            the argument and the line.
     """
     name, path = parse_label_spec(spec)
     arg = f"--labels {name}={path}"
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise UsageError(f"--uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {uncertain!r}")
     label_names, rows, numbers = _rows(name, path)
+    # the soft labels of lsr-*: one draw per cell, a function of the dataset name and the row only
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     base = os.path.dirname(os.path.abspath(path))
     kept: list[tuple[str, list[str]]] = []
     for n, r in zip(numbers, rows):
@@ -112,9 +143,15 @@ def load_label_set(spec: str, prep: Preprocessing, cache_bytes: int = 1 << 30) -
         if split not in ("", "train", "test"):
             raise UsageError(f"{arg} line {n}: split must be train or test, got {r[-1]!r}")
         if len(label_names) > 1:
-            bad = [v for v in r[1:-1] if v not in ("0", "1", "0.0", "1.0")]
-            if bad:
-                raise UsageError(f"{arg} line {n}: multi-label values must be 0 or 1, got {bad[0]!r}")
+            values = []
+            for v in r[1:-1]:
+                try:
+                    values.append(uncertain_value(v, uncertain, rng))
+                except ValueError:
+                    what = "0 or 1" if uncertain == "error" else "0, 1, -1 or blank"
+                    hint = " (-1 / blank: pass --uncertain POLICY)" if v in (*_UNCERTAIN, "") else ""
+                    raise UsageError(f"{arg} line {n}: multi-label values must be {what}, got {v!r}{hint}") from None
+            r = [r[0], *values, r[-1]]
         elif not r[1]:
             raise UsageError(f"{arg} line {n}: empty label")
         if split != "test":
@@ -137,7 +174,7 @@ def load_label_set(spec: str, prep: Preprocessing, cache_bytes: int = 1 << 30) -
     items, targets = [], []
     for s, src in enumerate(result.sources):
         v = value_of[os.path.abspath(src.path)]
-        t = np.asarray([float(x) for x in v], np.float32) if kind == "multi" else np.int64(index[v[0]])
+        t = np.asarray(v, np.float32) if kind == "multi" else np.int64(index[v[0]])
         for f in range(src.count):
             items.append(Item(s, f))
             targets.append(t)
@@ -154,11 +191,13 @@ def load_label_set(spec: str, prep: Preprocessing, cache_bytes: int = 1 << 30) -
     )
 
 
-def load_label_sets(specs: list[str], prep: Preprocessing, cache_bytes: int = 1 << 30) -> list[LabelSet]:
+def load_label_sets(
+    specs: list[str], prep: Preprocessing, cache_bytes: int = 1 << 30, uncertain: str = "error"
+) -> list[LabelSet]:
     """:func:`load_label_set` for each spec; ``UsageError`` for a name used twice."""
     names = [parse_label_spec(s)[0] for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UsageError(f"--labels name {dup[0]!r} is used more than once")
     per = max(cache_bytes // max(len(specs), 1), 64 << 20)
-    return [load_label_set(s, prep, per) for s in specs]
+    return [load_label_set(s, prep, per, uncertain) for s in specs]

@@ -1,5 +1,6 @@
 """Augmented views for self-supervised pretraining (OpenCV/NumPy): random resized crop with the grid of
-cell centres in original-image pixels, horizontal flip, brightness/contrast jitter, Gaussian blur.
+cell centres in original-image pixels, horizontal flip, brightness/contrast jitter, Gaussian blur; pairs of views
+with the same crop (Ark's teacher view) or on one stable grid (PEAC's).
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a view is a pure function of
 (image, seed): the datasets derive that generator from (run seed, position in the data stream), which
@@ -99,12 +100,13 @@ def cell_centres(box, grid: tuple[int, int], flipped: bool, scale_yx=(1.0, 1.0))
     return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.float32)
 
 
-def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_yx=(1.0, 1.0)):
+def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_yx=(1.0, 1.0), twin: bool = False):
     """One augmented view of ``img`` (float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]; or uint8/uint16, scaled to
     [0, 1] by the type's maximum after the crop is resized, which spares converting the whole image).
 
     Returns ``(view, pos)``: the view float32 ``[size, size]`` / ``[size, size, 3]`` in [0, 1], and ``pos``
-    float32 ``[R*S, 2]`` (see ``cell_centres``).
+    float32 ``[R*S, 2]`` (see ``cell_centres``). With ``twin``, returns ``((view, pos), (plain, pos))`` where
+    ``plain`` is the same crop and flip without the photometric changes (jitter, blur).
     """
     height, width = img.shape[:2]
     top, left, h, w = sample_box(rng, height, width, cfg.scale, cfg.ratio)
@@ -116,6 +118,7 @@ def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_
     flipped = bool(rng.random() < cfg.flip_p)
     if flipped:
         view = view[:, ::-1]
+    plain = np.clip(view, 0.0, 1.0).astype(np.float32) if twin else None
     if rng.random() < cfg.jitter_p:
         b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
         c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
@@ -125,26 +128,89 @@ def make_view(img: np.ndarray, rng: np.random.Generator, cfg: ViewConfig, scale_
         sigma = rng.uniform(*cfg.blur_sigma) * cfg.size / 224
         view = cv2.GaussianBlur(np.ascontiguousarray(view, dtype=np.float32), (0, 0), sigmaX=max(sigma, 1e-3))
     view = np.clip(view, 0.0, 1.0).astype(np.float32)
-    return view, cell_centres((top, left, h, w), cfg.grid, flipped, scale_yx)
+    pos = cell_centres((top, left, h, w), cfg.grid, flipped, scale_yx)
+    return ((view, pos), (plain, pos)) if twin else (view, pos)
+
+
+GRID_SHIFTS = 5  # a grid view's corner moves by 0..4 whole cells per axis (PEAC's stable grid)
+
+
+def grid_views(img: np.ndarray, rng: np.random.Generator, size: int, cell: int, scale_yx=(1.0, 1.0), n: int = 2):
+    """``n`` views on one stable grid (PEAC's): the image is resized, keeping its aspect ratio, so that its short
+    side is ``size + (GRID_SHIFTS) * cell`` pixels and centre-cropped to a square of that side; one random
+    sub-cell offset in ``[0, cell)`` per axis is shared by the views, and each view's corner then moves by a whole
+    number of cells (0..4 per axis, drawn per view). The views have the same scale, no flip and no photometric
+    change, so a ``cell``-pixel patch of one view either covers exactly a patch of the other or none of it:
+    cells with equal centres (``pos``) show the same pixels.
+
+    Returns a list of ``n`` ``(view, pos)`` as :func:`make_view` (grid ``size // cell`` cells per side)."""
+    if cell < 1 or size % cell:
+        raise ValueError(f"a grid view needs a size divisible by its cell, got size {size} and cell {cell}")
+    height, width = img.shape[:2]
+    side = size + GRID_SHIFTS * cell
+    r = side / min(height, width)
+    rh, rw = max(side, round(height * r)), max(side, round(width * r))
+    interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+    big = cv2.resize(np.ascontiguousarray(img), (rw, rh), interpolation=interp)
+    if big.dtype != np.float32:
+        big = big.astype(np.float32) * np.float32(1.0 / np.iinfo(img.dtype).max)
+    top0, left0 = (rh - side) // 2, (rw - side) // 2
+    off = rng.integers(0, cell, size=2)
+    to_original = (scale_yx[0] * height / rh, scale_yx[1] * width / rw)
+    cells = size // cell
+    out = []
+    for _ in range(n):
+        shift = rng.integers(0, GRID_SHIFTS, size=2)
+        top = top0 + int(off[0]) + int(shift[0]) * cell
+        left = left0 + int(off[1]) + int(shift[1]) * cell
+        view = np.clip(big[top : top + size, left : left + size], 0.0, 1.0).astype(np.float32)
+        out.append((view, cell_centres((top, left, size, size), (cells, cells), False, to_original)))
+    return out
+
+
+PAIRINGS = ("independent", "same-crop", "grid")
 
 
 @dataclass
 class MultiViewConfig:
-    """``n_global`` views of ``global_view`` and ``n_local`` (multi-crop) views of ``local_view``."""
+    """``n_global`` views of ``global_view`` and ``n_local`` (multi-crop) views of ``local_view``.
+
+    ``pairing`` says how the global views relate: ``"independent"`` (each its own crop and augmentation),
+    ``"same-crop"`` (the second view is the first's crop and flip without the photometric changes: Ark's
+    teacher view) or ``"grid"`` (:func:`grid_views` with cells of ``grid_cell`` pixels: PEAC's stable grid; no
+    local views)."""
 
     global_view: ViewConfig
     n_global: int = 2
     local_view: ViewConfig | None = None
     n_local: int = 0
+    pairing: str = "independent"
+    grid_cell: int = 0
 
     def __post_init__(self):
         if self.n_global < 2:
             raise ValueError(f"n_global must be >= 2 (the loss compares two views), got {self.n_global}")
         if self.n_local and self.local_view is None:
             raise ValueError("n_local > 0 needs a local_view config")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        if self.pairing != "independent" and (self.n_global != 2 or self.n_local):
+            raise ValueError(f"{self.pairing} views come in pairs: 2 global views and no local views")
+        if self.pairing == "grid" and (self.grid_cell < 1 or self.global_view.size % self.grid_cell):
+            raise ValueError(
+                f"grid views need a cell that divides the view size {self.global_view.size}, got {self.grid_cell}"
+            )
 
     def configs(self) -> list[ViewConfig]:
         return [self.global_view] * self.n_global + ([self.local_view] * self.n_local if self.n_local else [])
+
+    def draw(self, img: np.ndarray, rng: np.random.Generator, scale_yx=(1.0, 1.0)) -> list[tuple]:
+        """Every view of ``img`` as ``(view, pos)`` (see :func:`make_view`), as ``pairing`` says."""
+        if self.pairing == "grid":
+            return grid_views(img, rng, self.global_view.size, self.grid_cell, scale_yx)
+        if self.pairing == "same-crop":
+            return list(make_view(img, rng, self.global_view, scale_yx, twin=True))
+        return [make_view(img, rng, cfg, scale_yx) for cfg in self.configs()]
 
 
 def to_chw(view: np.ndarray, in_chans: int, mean: float, std: float) -> np.ndarray:

@@ -23,9 +23,17 @@ Attributes a head may set (defaults on ``Head``): ``needs_maps``, ``needs_teache
 ``needs_encoder`` (default False), ``symmetric`` (True when ``loss(s, t) == loss(t, s)``, so the trainer evaluates
 each unordered pair of global views once), ``find_unused_parameters`` (DDP: some parameters get no gradient in some
 steps), ``min_grid`` (the smallest feature grid side the head accepts; checked before training), ``ema_momentum``
-(the base momentum of the teacher, with ``needs_teacher``), ``pair_config`` (restoration heads), ``options_class``
-(a dataclass of its options). A head with a teacher may override ``ema_update(momentum)`` for its own teacher
-modules; the trainer updates the teacher backbone itself after every optimizer step.
+(the base momentum of the teacher, with ``needs_teacher``), ``ema_every`` ("step" or "epoch") and ``ema_schedule``
+("cosine" or "constant") for when and how the teacher moves, ``pair_config`` (the head's data-loader hook:
+``make_pair`` for restoration heads, or ``distort(view, rng, grid) -> (view, extra)``, whose arrays reach
+``forward`` as ``extra=`` when ``needs_extra``), ``view_pairing`` ("independent", "same-crop" or "grid": how the two
+global views relate, see :class:`lvmmed_ext.data.views.MultiViewConfig`) with ``view_overrides`` (view settings
+the head fixes), ``options_class`` (a dataclass of its options) and ``recipes`` (named :class:`Recipe` s for
+``--recipe``). A head with a teacher may override ``ema_update(momentum)`` for its own teacher modules; the trainer
+updates the teacher backbone itself. Before each optimizer step the trainer calls ``set_progress(Progress(...))``
+(schedules such as Ark's ramp read ``self.progress``); ``chance_loss()`` gives the loss of a random matching
+where one exists (the progress bar shows it). A factory that takes ``geometry`` gets the views' feature grid, side
+and channels.
 
 Diagnostics: a head may have a ``stats`` attribute (``lvmmed_ext.diagnostics.StepStats``) into which each forward
 records ``match_acc`` and ``margin`` of its embeddings (``Head.record_matching`` does it for the baselines); the
@@ -35,7 +43,8 @@ trainer pops it once per optimizer step into log.csv, TensorBoard and the progre
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Callable, NamedTuple
 
 from torch import Tensor, nn
@@ -66,6 +75,30 @@ class LabelBatch(NamedTuple):
     target: Tensor | None
 
 
+class Progress(NamedTuple):
+    """Where a run stands when a step's forward runs: optimizer ``step`` (1-based) of ``total``; ``epoch``, the
+    passes over the data completed before this step (a float), of ``epochs`` in the whole run. With
+    ``--task-cycle epoch`` a pass is one labelled dataset's (so a run has epochs x datasets of them, as Ark
+    counts)."""
+
+    step: int
+    total: int
+    epoch: float
+    epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of defaults for one loss (``lvmmed pretrain --loss L --recipe NAME``): the head options and the
+    run settings (keys of ``lvmmed_ext.train.config.TRAIN_OPTIONS`` or of the preprocessing) that make a published
+    recipe. Options given explicitly (flags, ``--head-opt``, ``--config``) still override them. ``about`` is one
+    line for ``--help``; ``docs/METHODS.md`` lists each recipe's components and sources."""
+
+    about: str
+    head_opts: Mapping = field(default_factory=dict)
+    settings: Mapping = field(default_factory=dict)
+
+
 class Head(nn.Module):
     """Base class of loss heads (see the module docstring for the ``forward`` contract). What a head needs from the
     trainer is declared here, with the defaults every head starts from; the trainer reads nothing else."""
@@ -80,11 +113,28 @@ class Head(nn.Module):
     ema_momentum: float = 0.996  # with needs_teacher: the teacher's base momentum
     pair_config = None  # restoration heads: makes (input, target) pairs of a crop in the data loader
     options_class = None  # a dataclass of the head's options, when they are not its constructor's keywords
+    needs_extra: bool = False  # forward gets extra=, the batch's arrays from the pair_config's distort hook
+    view_pairing: str = "independent"  # how the two global views relate: "independent", "same-crop" or "grid"
+    view_overrides: Mapping = {}  # ViewConfig fields the head sets for its views (e.g. no flips)
+    ema_every: str = "step"  # with needs_teacher: update the teacher after every "step" or at each new "epoch"
+    ema_schedule: str = "cosine"  # "cosine": ema_momentum rising to 1 over the run (BYOL); "constant"
     graph_size: int = 16  # group size of the matching diagnostics (gm's default graph size)
+    recipes: Mapping[str, Recipe] = {}  # named recipes (--recipe), e.g. "paper"
 
     def __init__(self):
         super().__init__()
         self.stats = StepStats()
+        self.progress = Progress(0, 0, 0.0)  # set by the trainer before each step's forward (set_progress)
+
+    def chance_loss(self) -> float | None:
+        """The loss a random matching of the views would score, where the loss has such a level (shown beside the
+        moving average of the loss in the progress bar); None by default."""
+        return None
+
+    def set_progress(self, progress: Progress) -> None:
+        """Called by the trainer before each optimizer step's forward; heads with schedules (loss-weight ramps)
+        read ``self.progress``."""
+        self.progress = progress
 
     def ema_update(self, momentum: float) -> None:
         """Updates the head's own teacher modules (with needs_teacher) after an optimizer step; none by default."""
@@ -160,6 +210,14 @@ def head_needs(name: str, what: str) -> bool:
     return bool(getattr(head_factory(name), f"needs_{what}", False))
 
 
+def head_accepts(name: str, param: str) -> bool:
+    """Whether head ``name``'s factory takes the keyword ``param`` (what the trainer passes besides the options:
+    ``tasks``, ``stages``, ``geometry``)."""
+    factory = head_factory(name)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    return param in inspect.signature(target).parameters
+
+
 def head_options(name: str) -> dict[str, object]:
     """The keyword options of head ``name`` with their defaults (``in_dim`` and supervised-task specs excluded)."""
     factory = head_factory(name)
@@ -169,10 +227,24 @@ def head_options(name: str) -> dict[str, object]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     options = {}
     for pname, p in inspect.signature(target).parameters.items():
-        if pname in ("self", "in_dim", "tasks", "stages") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        if pname in ("self", "in_dim", "tasks", "stages", "geometry") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         options[pname] = None if p.default is inspect.Parameter.empty else p.default
     return options
+
+
+def head_recipes(name: str) -> Mapping[str, Recipe]:
+    """The named recipes of head ``name`` (``--recipe``), possibly none."""
+    return getattr(head_factory(name), "recipes", {}) or {}
+
+
+def head_recipe(name: str, recipe: str) -> Recipe:
+    """Recipe ``recipe`` of head ``name``; ``UsageError`` naming the recipes it has."""
+    recipes = head_recipes(name)
+    if recipe not in recipes:
+        known = ", ".join(sorted(recipes)) or "none"
+        raise UsageError(f"--recipe {recipe!r} is not a recipe of --loss {name} (its recipes: {known})")
+    return recipes[recipe]
 
 
 def build_head(name: str, in_dim: int, **cfg) -> nn.Module:

@@ -64,10 +64,10 @@ def _run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(
-        f"pretraining done: {result.step} steps in {result.seconds:.0f} s ({result.images_per_s:.1f} images/s), "
-        f"final loss {result.final_loss:.4f}"
+        f"pretraining done: {result.step} steps in {result.seconds:.0f} s ({result.images_per_s:.1f} images/s)"
         + (f", {result.skipped_files} unreadable file(s) skipped" if result.skipped_files else "")
     )
+    print(run_summary(result))
     eval_lines = []
     if demo and not getattr(args, "no_eval", False):
         if cfg.arch in VOLUME_ARCHS:
@@ -83,6 +83,20 @@ def _run(args: argparse.Namespace) -> int:
     for line in eval_lines:
         print(line)
     return 0
+
+
+def run_summary(result) -> str:
+    """One line on the end of training: the loss and matching accuracy as means over the last tenth of the steps,
+    beside what a random matching would score."""
+    if result.loss_avg is None:
+        return f"final loss {result.final_loss:.4f}"
+    text = f"loss {result.loss_avg:.4f} (mean of the last {result.tail_steps} steps"
+    text += "" if result.chance_loss is None else f"; a random matching scores {result.chance_loss:g}"
+    text += ")"
+    if result.match_avg is not None:
+        text += f", noise-free matching accuracy {result.match_avg:.2f}"
+        text += "" if result.chance_match is None else f" (chance {result.chance_match:.2f})"
+    return text
 
 
 def export_main(argv: list[str] | None = None) -> int:

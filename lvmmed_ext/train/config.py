@@ -15,25 +15,30 @@ import json
 import os
 from dataclasses import asdict, field, fields, make_dataclass
 
+from ..data.datasets import TASK_CYCLES
 from ..data.demo import DEMO
-from ..data.labelsets import parse_label_spec
+from ..data.labelsets import UNCERTAIN_POLICIES, parse_label_spec
 from ..data.mixture import BALANCE, DataSpec, parse_data_spec
 from ..data.presets import PREP_KEYS, PREP_OPTIONS, Preprocessing
 from ..errors import UsageError
-from ..heads import head_names, head_options
+from ..heads import head_names, head_options, head_recipe
 from ..heads.gm import GMHeadOptions
 from ..models import BACKBONES
 from ..noise import NOISE_KINDS
 from ..options import Option, add_arguments, check_values, value_fits
+
+OPTIMIZERS = ("adam", "sgd", "nesterov")
+SCHEDULES = ("halving", "cosine")
 
 # Encoders of volumes (3D pretraining: the restoration heads only).
 VOLUME_ARCHS = ("unet3d",)
 
 # Changing any of these between a checkpoint and its resumption would silently change the run.
 STRUCTURAL = (
-    "data", "arch", "width", "loss", "head_opts", "image_size", "crop_scale", "jitter", "local_crops", "local_size",
-    "local_scale", "global_batch", "steps", "lr", "backbone_lr_mult", "weight_decay", "halvings", "seed",
-    "preprocessing", "labels", "crop3d", "datasets", "balance",
+    "data", "arch", "width", "loss", "head_opts", "recipe", "image_size", "crop_scale", "jitter", "local_crops",
+    "local_size", "local_scale", "global_batch", "steps", "optimizer", "lr", "momentum", "schedule", "warmup_epochs",
+    "backbone_lr_mult", "weight_decay", "halvings", "seed", "preprocessing", "labels", "task_cycle", "uncertain",
+    "crop3d", "datasets", "balance",
 )  # fmt: skip
 
 
@@ -139,6 +144,16 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         commands=("pretrain",),
     ),  # fmt: skip
     Option(
+        "recipe",
+        "--recipe",
+        "",
+        "a named recipe of the loss: its head options and run settings as published (peac, ark, genesis: "
+        "'paper'; gm: 'authors-views'); options given explicitly still override it; docs/METHODS.md lists each "
+        "recipe's components",
+        group=_MODEL,
+        commands=("pretrain",),
+    ),  # fmt: skip
+    Option(
         "image_size",
         "--image-size",
         224,
@@ -212,7 +227,50 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         requirement="must be > 0",
     ),  # fmt: skip
     Option(
-        "lr", "--lr", 2e-3, "Adam learning rate", "float", group=_OPT, check=lambda v: v > 0, requirement="must be > 0"
+        "optimizer",
+        "--optimizer",
+        "adam",
+        "adam (Adam), sgd (SGD with --momentum) or nesterov (SGD, Nesterov momentum)",
+        choices=OPTIMIZERS,
+        group=_OPT,
+        check=lambda v: v in OPTIMIZERS,
+        requirement=f"must be one of {', '.join(OPTIMIZERS)}",
+    ),  # fmt: skip
+    Option(
+        "lr", "--lr", 2e-3, "learning rate", "float", group=_OPT, check=lambda v: v > 0, requirement="must be > 0"
+    ),  # fmt: skip
+    Option(
+        "momentum",
+        "--momentum",
+        0.9,
+        "SGD momentum",
+        "float",
+        group=_OPT,
+        applies="--optimizer sgd|nesterov",
+        check=lambda v: 0 <= v < 1,
+        requirement="must be in [0, 1)",
+    ),  # fmt: skip
+    Option(
+        "schedule",
+        "--schedule",
+        "halving",
+        "learning-rate schedule: halving (halved --halvings times at evenly spaced steps) or cosine (to 0, after "
+        "--warmup-epochs of linear warm-up)",
+        choices=SCHEDULES,
+        group=_OPT,
+        check=lambda v: v in SCHEDULES,
+        requirement=f"must be one of {', '.join(SCHEDULES)}",
+    ),  # fmt: skip
+    Option(
+        "warmup_epochs",
+        "--warmup-epochs",
+        0.0,
+        "linear warm-up from 0, in passes over the data",
+        "float",
+        group=_OPT,
+        applies="--schedule cosine",
+        check=lambda v: v >= 0,
+        requirement="must be >= 0",
     ),  # fmt: skip
     Option(
         "backbone_lr_mult",
@@ -224,7 +282,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         check=lambda v: v >= 0,
         requirement="must be >= 0",
     ),  # fmt: skip
-    Option("weight_decay", "--weight-decay", 0.0, "Adam weight decay", "float", group=_OPT),
+    Option("weight_decay", "--weight-decay", 0.0, "weight decay (L2, as torch.optim)", "float", group=_OPT),
     Option(
         "halvings",
         "--halvings",
@@ -232,6 +290,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "lr halvings at evenly spaced steps",
         "int",
         group=_OPT,
+        applies="--schedule halving",
         check=lambda v: v >= 0,
         requirement="must be >= 0",
     ),  # fmt: skip
@@ -282,6 +341,31 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         append=True,
         metavar="NAME=CSV",
         applies="--loss ark",
+    ),  # fmt: skip
+    Option(
+        "task_cycle",
+        "--task-cycle",
+        "batch",
+        "how batches take turns among the --labels datasets: batch (the next dataset every micro-step) or epoch (a "
+        "whole pass over one dataset, then the next, in --labels order: Ark's schedule)",
+        choices=TASK_CYCLES,
+        group=_DATA,
+        applies="--labels",
+        check=lambda v: v in TASK_CYCLES,
+        requirement=f"must be one of {', '.join(TASK_CYCLES)}",
+    ),  # fmt: skip
+    Option(
+        "uncertain",
+        "--uncertain",
+        "error",
+        "multi-label CSV values -1 (uncertain) and blank (unmentioned): error (refuse them), ignore (left out of "
+        "the loss), ones, zeros, lsr-ones / lsr-zeros (a soft label drawn once per cell from U(0.55, 0.85) / "
+        "U(0, 0.3), as Ark); except with error and ignore a blank cell counts as 0",
+        choices=UNCERTAIN_POLICIES,
+        group=_DATA,
+        applies="--labels",
+        check=lambda v: v in UNCERTAIN_POLICIES,
+        requirement=f"must be one of {', '.join(UNCERTAIN_POLICIES)}",
     ),  # fmt: skip
     Option(
         "crop3d",
@@ -420,9 +504,28 @@ class _ConfigMethods:
                 d[o.key] = tuple(d[o.key])
         return cls(**d)
 
+    @classmethod
+    def from_recipe(cls, loss: str, recipe: str, **settings):
+        """The settings of ``--loss loss --recipe recipe`` (the recipe's head options and settings), with
+        ``settings`` on top (``head_opts`` merged into the recipe's).
+
+        Example:
+            >>> cfg = TrainConfig.from_recipe("genesis", "paper", data="scans/")
+            >>> cfg.head_opts["output"], cfg.optimizer, cfg.preprocessing.window
+            ('sigmoid', 'sgd', (0.0, 2000.0))
+        """
+        base = recipe_settings(loss, recipe)
+        head_opts = {**base.pop("head_opts"), **settings.pop("head_opts", {})}
+        prep = {k: base.pop(k) for k in PREP_KEYS if k in base}
+        if "preprocessing" not in settings:
+            settings["preprocessing"] = Preprocessing(**prep)
+        return cls(loss=loss, head_opts=head_opts, **{**base, **settings})
+
     def validate(self) -> None:
         """``UsageError`` with the option's requirement for the first setting that breaks its constraint."""
         check_values(SETTINGS, {f.name: getattr(self, f.name) for f in fields(self)})
+        if self.recipe:
+            head_recipe(self.loss, self.recipe)  # UsageError naming the recipes the loss has
 
 
 TrainConfig = make_dataclass("TrainConfig", [_field(o) for o in SETTINGS], bases=(_ConfigMethods,))
@@ -567,6 +670,11 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
     merged: dict = {}
     if getattr(args, "demo", False):
         merged.update(DEMO, data="demo")
+    layers = [saved["config"] if saved is not None else {}, file_settings or {}, given]
+    recipe = next((layer["recipe"] for layer in reversed(layers) if layer.get("recipe")), "")
+    if recipe:
+        loss = next((layer["loss"] for layer in reversed(layers) if layer.get("loss")), OPTIONS_BY_KEY["loss"].default)
+        merged.update(recipe_settings(loss, recipe))
     if saved is not None:
         merged.update(TrainConfig.from_json(saved["config"]).to_json())
         merged.update(merged.pop("preprocessing"))
@@ -597,6 +705,20 @@ def build_config(args: argparse.Namespace, saved: dict | None, file_settings: di
     if merged.get("labels"):
         merged["labels"] = [_absolute_label_spec(spec) for spec in merged["labels"]]
     return TrainConfig(preprocessing=prep, **merged)
+
+
+def recipe_settings(loss: str, recipe: str) -> dict:
+    """The settings of recipe ``recipe`` of ``loss`` as flat TrainConfig/preprocessing keys, with its head options
+    under ``head_opts`` (``UsageError`` for an unknown recipe or a recipe naming an unknown setting)."""
+    r = head_recipe(loss, recipe)
+    known = {o.key for o in SETTINGS} | set(PREP_KEYS)
+    for key in r.settings:
+        if key not in known or key in ("recipe", "loss", "head_opts"):
+            raise UsageError(f"recipe {recipe!r} of --loss {loss} sets {key!r}, which is not a setting")
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in r.settings.items()}
+    out["recipe"] = recipe
+    out["head_opts"] = dict(r.head_opts)
+    return out
 
 
 def check_resume(cfg: TrainConfig, saved: dict, path: str) -> None:

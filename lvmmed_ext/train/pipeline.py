@@ -17,6 +17,7 @@ these same pipelines. A new data source (e.g. GPU-side augmentation) is one more
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -109,6 +110,11 @@ class Pipeline:
             prefetch_factor=4 if workers > 0 else None,
         )
 
+    def passes(self, micro_steps: int, world: int) -> float:
+        """Passes over the data completed after ``micro_steps`` micro-steps of ``world`` ranks (the epochs of
+        ``Progress`` and of teachers updated per epoch): images read / images in the data."""
+        return micro_steps * self.cfg.batch_size * world / max(self.n_images, 1)
+
     def record(self, position: int) -> dict:
         """Entries for config.json after ``position`` stream positions (the global images seen)."""
         return {}
@@ -155,13 +161,30 @@ class LabelledPipeline(Pipeline):
     def tasks(self) -> list:
         return [ls.spec() for ls in self.label_sets]
 
-    def dataset(self, views, pair, span, workers):
-        # the labelled datasets (then the unlabelled images) in turn, one per micro-step
+    def _groups(self) -> tuple[list, list, list[int]]:
+        # the labelled datasets, then the unlabelled images
         sets = [ls.images for ls in self.label_sets] + ([self.images] if self.images is not None else [])
         targets = [ls.targets for ls in self.label_sets] + ([None] if self.images is not None else [])
         task_ids = list(range(len(self.label_sets))) + ([-1] if self.images is not None else [])
+        return sets, targets, task_ids
+
+    def _sampler(self, span: Span) -> CyclingBatchSampler:
+        """One dataset per micro-step in turn (``--task-cycle batch``) or a whole pass over each (``epoch``)."""
+        sets = self._groups()[0]
+        turns = None
+        if self.cfg.task_cycle == "epoch":
+            turns = [max(1, math.ceil(len(s) / (span.batch_size * span.world))) for s in sets]
+        return CyclingBatchSampler(*span.args(), groups=len(sets), turns=turns)
+
+    def passes(self, micro_steps: int, world: int) -> float:
+        if self.cfg.task_cycle != "epoch":
+            return super().passes(micro_steps, world)
+        return self._sampler(Span(self.cfg.batch_size, world, 0, 0, 0)).locate(micro_steps)[2]
+
+    def dataset(self, views, pair, span, workers):
+        sets, targets, task_ids = self._groups()
         dataset = TaskStream(sets, targets, task_ids, views, seed=self.cfg.seed)
-        return dataset, CyclingBatchSampler(*span.args(), groups=len(sets)), collate_task_views
+        return dataset, self._sampler(span), collate_task_views
 
 
 class MixturePipeline(Pipeline):
@@ -373,7 +396,7 @@ def _label_sets(cfg: TrainConfig, log=print) -> list[LabelSet]:
         raise UsageError(f"--loss {cfg.loss} is supervised pretraining: pass --labels NAME=CSV (repeatable)")
     if not cfg.labels:
         return []
-    sets = load_label_sets(cfg.labels, cfg.preprocessing, cache_bytes=cfg.cache_mb << 20)
+    sets = load_label_sets(cfg.labels, cfg.preprocessing, cache_bytes=cfg.cache_mb << 20, uncertain=cfg.uncertain)
     for ls in sets:
         log(
             f"labels: {ls.name} ({ls.kind}-label, {len(ls.classes)} classes) {len(ls.images)} images from {ls.path}"

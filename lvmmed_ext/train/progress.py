@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 import sys
@@ -21,22 +22,41 @@ def _fmt_time(seconds: float) -> str:
 
 
 class ProgressBar:
-    """``pretrain  41% |######      | 123/300 [01:02<01:29] loss 4.1234  match 0.62  78.1 img/s  lr 2.0e-03``
-    (``match``: the step's noise-free matching accuracy, when the loss reports one).
+    """``pretrain  41% |######      | 123/300 [01:02<01:29] loss 19.92 (chance 30)  match 0.39 (chance 0.06)
+    78.1 img/s  lr 2.0e-03``: ``loss`` and ``match`` (the noise-free matching accuracy, when the loss reports one)
+    are moving averages over the last tenth of the run's steps, beside their chance levels where known (a random
+    matching; ``chance_loss`` / ``chance_match``). ``loss_avg`` and ``match_avg`` hold the latest averages.
 
     On a terminal the line is redrawn in place; otherwise (CI logs, files) a line is printed about every
     ``total / 20`` steps so logs stay short.
     """
 
-    def __init__(self, total: int, start: int = 0, label: str = "pretrain", stream=None, enabled: bool = True):
+    def __init__(self, total: int, start: int = 0, label: str = "pretrain", stream=None, enabled: bool = True,
+                 chance_loss: float | None = None, chance_match: float | None = None):  # fmt: skip
         self.total, self.start, self.label, self.enabled = max(1, total), start, label, enabled
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.perf_counter()
         self.every = max(1, self.total // 20)
         self._last = ""
+        self.chance_loss, self.chance_match = chance_loss, chance_match
+        window = max(1, self.total // 10)
+        self._losses: collections.deque = collections.deque(maxlen=window)
+        self._matches: collections.deque = collections.deque(maxlen=window)
+        self.loss_avg: float | None = None
+        self.match_avg: float | None = None
+
+    @property
+    def tail_steps(self) -> int:
+        """The steps in the moving averages."""
+        return len(self._losses)
 
     def update(self, step: int, loss: float, images_per_s: float, lr: float, match: float | None = None) -> None:
+        self._losses.append(loss)
+        self.loss_avg = sum(self._losses) / len(self._losses)
+        if match is not None:
+            self._matches.append(match)
+            self.match_avg = sum(self._matches) / len(self._matches)
         if not self.enabled:
             return
         done = step - self.start
@@ -44,9 +64,14 @@ class ProgressBar:
         eta = elapsed / done * (self.total - step) if done > 0 else 0.0
         frac = step / self.total
         bar = "#" * int(frac * 24)
+        chance = "" if self.chance_loss is None else f" (chance {self.chance_loss:g})"
+        shown = f"loss {self.loss_avg:.4f}{chance}  "
+        if match is not None:
+            chance = "" if self.chance_match is None else f" (chance {self.chance_match:.2f})"
+            shown += f"match {self.match_avg:.2f}{chance}  "
         line = (
             f"{self.label} {frac:4.0%} |{bar:<24}| {step}/{self.total} [{_fmt_time(elapsed)}<{_fmt_time(eta)}] "
-            f"loss {loss:.4f}  {'' if match is None else f'match {match:.2f}  '}{images_per_s:.1f} img/s  lr {lr:.1e}"
+            f"{shown}{images_per_s:.1f} img/s  lr {lr:.1e}"
         )
         if self.tty:
             self.stream.write("\r" + line.ljust(len(self._last)))

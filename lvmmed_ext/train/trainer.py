@@ -17,7 +17,7 @@ from ..data.views import MultiViewConfig, ViewConfig
 from ..diagnostics import StepStats, cosine_matching
 from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum_int, barrier, init_from_env
 from ..errors import UsageError
-from ..heads import LabelBatch, TeacherFeatures, build_head, head_needs
+from ..heads import LabelBatch, Progress, TeacherFeatures, build_head, head_accepts, head_needs
 from ..heads.ema import cosine_momentum, ema_update_, make_teacher
 from ..models import backbone_state_dict, build_backbone, load_pretrained
 from ..models.unet import build_encoder
@@ -46,14 +46,24 @@ class SSLModel(nn.Module):
         self.stats = StepStats()  # backbone_match_acc per forward (the head keeps its own diagnostics)
 
     @torch.no_grad()
-    def update_teacher(self, step: int, total: int) -> float | None:
+    def update_teacher(self, step: int, total: int, epochs_before=0.0, epochs_after=0.0, total_epochs=0.0):
         """EMA update of the teacher backbone (and the head's teacher modules) after optimizer step ``step`` of
-        ``total``, with the cosine momentum schedule from the head's ``ema_momentum``; returns the momentum."""
+        ``total``, which took the data from ``epochs_before`` to ``epochs_after`` passes (of ``total_epochs``). The
+        head's ``ema_every`` says when: "step" after every step, "epoch" at the steps that complete a pass. Its
+        ``ema_schedule`` gives the momentum: "cosine" raises ``ema_momentum`` to 1 over the run (over the steps,
+        or over the passes with "epoch"), "constant" keeps it. Returns the momentum, or None when nothing moved."""
         if self.teacher is None:
             return None
-        m = cosine_momentum(float(self.head.ema_momentum), step, total)
+        head = self.head
+        if head.ema_every == "epoch":
+            if math.floor(epochs_after) <= math.floor(epochs_before):
+                return None
+            # the pass just completed, counted from 0 (the first update uses ema_momentum itself, as Ark's code)
+            step, total = math.floor(epochs_after) - 1, math.ceil(total_epochs)
+        base = float(head.ema_momentum)
+        m = cosine_momentum(base, step, total) if head.ema_schedule == "cosine" else base
         ema_update_(self.teacher, self.backbone, m)
-        self.head.ema_update(m)
+        head.ema_update(m)
         return m
 
     def pop_stats(self) -> dict[str, float]:
@@ -88,10 +98,11 @@ class SSLModel(nn.Module):
             i = j
         return h, y
 
-    def forward(self, views: list[Tensor], pos: list[Tensor], labels: LabelBatch | None = None) -> Tensor:
+    def forward(self, views: list[Tensor], pos: list[Tensor], labels: LabelBatch | None = None, extra=None) -> Tensor:
         if self.head.needs_encoder:  # restoration: views = [corrupted input, original]
             with self._autocast(views[0]):
                 return self.head(self.backbone, views[0], views[1]).float()
+        batch_extra = extra
         h, y = self._encode_all(views)
         th = ty = None
         if self.teacher is not None:
@@ -115,6 +126,8 @@ class SSLModel(nn.Module):
                 extra["teacher"] = TeacherFeatures(th[a], th[b], ty[a], ty[b])
             if self.needs_labels:
                 extra["labels"] = labels if labels is not None else LabelBatch(-1, None)
+            if self.head.needs_extra:
+                extra["extra"] = batch_extra
             if self.needs_maps:
                 losses.append(self.head(h[a], h[b], y[a], y[b], pos[a], pos[b], **extra))
             else:
@@ -157,6 +170,11 @@ class RunResult:
     skipped_files: int
     seconds: float
     images_per_s: float
+    loss_avg: float | None = None  # mean loss over the last tail_steps steps (a tenth of the run)
+    match_avg: float | None = None  # mean noise-free matching accuracy over the same steps
+    chance_loss: float | None = None  # the loss of a random matching, where the loss has one
+    chance_match: float | None = None  # 1 / graph size
+    tail_steps: int = 0
 
 
 def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None = None) -> RunResult:
@@ -205,7 +223,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     torch.manual_seed(cfg.seed)
     model, views, describe_input = build_model(cfg, device, pipeline, init=cfg.init if saved is None else None,
                                                verbose=dist_info.is_main)  # fmt: skip
-    optimizer, scheduler = build_optimizer(cfg, model, steps)
+    optimizer, scheduler = build_optimizer(cfg, model, steps, n_images / cfg.global_batch)
     torch.manual_seed(cfg.seed * 7919 + 1 + dist_info.rank)  # per-rank stream for heads that sample noise
     start = restore(saved, resume, model, optimizer, scheduler, dist_info, steps) if saved is not None else 0
 
@@ -229,17 +247,16 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
     )
     log(
         f"schedule: {steps} steps of {cfg.global_batch} images (batch {cfg.batch_size} x {dist_info.world} "
-        f"process(es) x {cfg.accum} accumulation) = {steps * cfg.global_batch / n_images:.1f} epochs; Adam lr "
-        f"{cfg.lr:g} (backbone x{cfg.backbone_lr_mult:g}) halved at steps {milestones(steps, cfg.halvings)}"
-        + (f"; resuming at step {start}" if start else "")
+        f"process(es) x {cfg.accum} accumulation) = {steps * cfg.global_batch / n_images:.1f} epochs; "
+        f"{optimizer_text(cfg, steps, n_images)}" + (f"; resuming at step {start}" if start else "")
     )
 
     def save(at_step: int) -> None:
         run.save_checkpoint(at_step, model, optimizer, scheduler, n_images, workers)
 
-    step, loss_value, images_done, bad_paths, loop_s = train_loop(
+    step, loss_value, images_done, bad_paths, loop_s, bar = train_loop(
         cfg, net, model, optimizer, scheduler, loader, device, dist_info, start, steps, pipeline.skipped, n_images,
-        run, save, stop_after,
+        run, save, stop_after, lambda micro: pipeline.passes(micro, dist_info.world),
     )  # fmt: skip
 
     loop_rate = images_done / max(loop_s, 1e-9)
@@ -266,6 +283,11 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, stop_after: int | None
         skipped_files=bad_total,
         seconds=time.perf_counter() - t_start,
         images_per_s=loop_rate,
+        loss_avg=bar.loss_avg,
+        match_avg=bar.match_avg,
+        chance_loss=bar.chance_loss,
+        chance_match=bar.chance_match,
+        tail_steps=bar.tail_steps,
     )
 
 
@@ -278,16 +300,21 @@ def build_model(cfg: TrainConfig, device: torch.device, pipeline: Pipeline, init
     backbone = build(cfg.arch, in_chans=in_chans, width=cfg.width)
     if init:
         load_pretrained(backbone, init, verbose=verbose)
-    tasks = pipeline.tasks()
-    extra: dict = {"tasks": tasks} if tasks else {}
-    if head_needs(cfg.loss, "encoder"):  # a decoder over the backbone's stages (restoration heads)
-        extra["stages"] = encoder_stages(backbone, in_chans)
-    head = build_head(cfg.loss, backbone.out_dim, **extra, **cfg.head_opts)
     try:
         grid = backbone.feature_grid(cfg.image_size) if not three_d else (1, 1)
         local_grid = backbone.feature_grid(cfg.local_size) if cfg.local_crops and not three_d else None
     except ValueError as e:
         raise UsageError(f"--image-size/--local-size do not fit {cfg.arch}: {e}") from None
+    tasks = pipeline.tasks()
+    extra: dict = {"tasks": tasks} if tasks else {}
+    if head_needs(cfg.loss, "encoder"):  # a decoder over the backbone's stages (restoration heads)
+        extra["stages"] = {
+            **encoder_stages(backbone, in_chans),
+            "norm": (cfg.preprocessing.mean, cfg.preprocessing.std),
+        }
+    if head_accepts(cfg.loss, "geometry"):  # heads that read the views' pixels per feature-map cell
+        extra["geometry"] = {"grid": tuple(grid), "size": cfg.image_size, "in_chans": in_chans}
+    head = build_head(cfg.loss, backbone.out_dim, **extra, **cfg.head_opts)
     for flag, size, g in (("--image-size", cfg.image_size, grid), ("--local-size", cfg.local_size, local_grid)):
         if g is not None and min(g) < head.min_grid:
             raise UsageError(
@@ -295,9 +322,15 @@ def build_model(cfg: TrainConfig, device: torch.device, pipeline: Pipeline, init
                 f"{size} gives {g[0]}x{g[1]} with {cfg.arch} (stride {getattr(backbone, 'stride', '?')})"
             )
     # a restoration head's pair_config makes its own flips and intensity changes: the crop alone comes from here
-    plain = {} if head.pair_config is None else {"flip_p": 0.0, "jitter_p": 0.0, "blur_p": 0.0}
+    plain = {"flip_p": 0.0, "jitter_p": 0.0, "blur_p": 0.0} if head.needs_encoder else dict(head.view_overrides)
     local = ViewConfig(size=cfg.local_size, scale=cfg.local_scale, brightness=cfg.jitter, contrast=cfg.jitter,
                        grid=local_grid) if cfg.local_crops else None  # fmt: skip
+    pairing = head.view_pairing
+    if pairing == "grid" and (grid[0] != grid[1] or cfg.image_size % grid[0]):
+        raise UsageError(f"--loss {cfg.loss} with grid views needs a square feature grid that divides --image-size "
+                         f"{cfg.image_size}; {cfg.arch} gives {grid[0]}x{grid[1]}")  # fmt: skip
+    if pairing != "independent" and cfg.local_crops:
+        raise UsageError(f"--loss {cfg.loss} with {pairing} view pairs takes no --local-crops")
     views = MultiViewConfig(
         ViewConfig(
             size=cfg.image_size, scale=cfg.crop_scale, brightness=cfg.jitter, contrast=cfg.jitter, grid=grid, **plain
@@ -305,6 +338,8 @@ def build_model(cfg: TrainConfig, device: torch.device, pipeline: Pipeline, init
         2,
         local,
         cfg.local_crops,
+        pairing=pairing,
+        grid_cell=cfg.image_size // grid[0] if pairing == "grid" else 0,
     )
     amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda") else None
     model = SSLModel(backbone, head, n_global=2, amp_dtype=amp_dtype).to(device)
@@ -313,18 +348,50 @@ def build_model(cfg: TrainConfig, device: torch.device, pipeline: Pipeline, init
     return model, views, described
 
 
-def build_optimizer(cfg: TrainConfig, model: SSLModel, steps: int):
-    """Adam over the backbone (lr x backbone_lr_mult) and the head, halved ``cfg.halvings`` times."""
-    optimizer = torch.optim.Adam(
-        [
-            {"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"},
-            {"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"},
-        ],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(steps, cfg.halvings), gamma=0.5)
-    return optimizer, scheduler
+def build_optimizer(cfg: TrainConfig, model: SSLModel, steps: int, steps_per_epoch: float = 1.0):
+    """The optimizer (``cfg.optimizer``: Adam, SGD or Nesterov SGD) over the backbone (lr x backbone_lr_mult) and the
+    head, and the schedule: halved ``cfg.halvings`` times at evenly spaced steps, or a cosine to 0 after
+    ``cfg.warmup_epochs`` of linear warm-up (``steps_per_epoch`` optimizer steps per pass over the data)."""
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": cfg.lr * cfg.backbone_lr_mult, "name": "backbone"},
+        {"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"},
+    ]
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    nesterov=cfg.optimizer == "nesterov")  # fmt: skip
+    if cfg.schedule == "halving":
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(steps, cfg.halvings), gamma=0.5)
+    warmup = warmup_steps(cfg, steps, steps_per_epoch)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, steps, warmup))
+
+
+def optimizer_text(cfg: TrainConfig, steps: int, n_images: int) -> str:
+    """The optimiser and schedule for the log: ``Adam lr 0.002 (backbone x1) halved at steps [...]``."""
+    name = {"adam": "Adam", "sgd": f"SGD (momentum {cfg.momentum:g})", "nesterov": f"Nesterov SGD ({cfg.momentum:g})"}
+    text = f"{name[cfg.optimizer]} lr {cfg.lr:g} (backbone x{cfg.backbone_lr_mult:g})"
+    if cfg.schedule == "halving":
+        return f"{text} halved at steps {milestones(steps, cfg.halvings)}"
+    return f"{text}, {warmup_steps(cfg, steps, n_images / cfg.global_batch)} warm-up steps then a cosine to 0"
+
+
+def warmup_steps(cfg: TrainConfig, steps: int, steps_per_epoch: float) -> int:
+    """The optimizer steps of ``cfg.warmup_epochs`` (fewer than ``steps``)."""
+    return max(0, min(steps - 1, round(cfg.warmup_epochs * steps_per_epoch)))
+
+
+def cosine_lr_factor(done: int, total: int, warmup: int) -> float:
+    """The lr factor of the cosine schedule after ``done`` of ``total`` optimizer steps: ``(done + 1) / warmup``
+    during the ``warmup`` steps, then ``(1 + cos(pi * (done - warmup) / (total - warmup))) / 2``.
+
+    Example:
+        >>> [round(cosine_lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+        [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if done < warmup:
+        return (done + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(done - warmup, total - warmup) / max(total - warmup, 1)))
 
 
 def restore(saved: dict, path: str, model: SSLModel, optimizer, scheduler, dist_info: DistInfo, steps: int) -> int:
@@ -404,13 +471,15 @@ class RunFolder:
 
 
 def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info, start, steps, skipped_at_scan,
-               n_images, run: RunFolder, save, stop_after):  # fmt: skip
+               n_images, run: RunFolder, save, stop_after, passes):  # fmt: skip
     """Optimizer steps ``start + 1 .. steps`` (or ``stop_after``): micro-steps with accumulation, the teacher's EMA,
-    one log.csv row per step, checkpoints every ``cfg.ckpt_every`` steps. Returns (last step, its loss, images
-    trained on, unreadable paths met, seconds in the loop)."""
+    one log.csv row per step, checkpoints every ``cfg.ckpt_every`` steps. ``passes(micro_steps)`` gives the passes
+    over the data completed (the head's ``Progress.epoch``, per-epoch teachers). Returns (last step, its loss,
+    images trained on, unreadable paths met, seconds in the loop)."""
     csv_log = CsvLog(run.log_csv, resume_step=start) if dist_info.is_main else None
     tb = TensorBoardLog(os.path.join(run.out, "tensorboard")) if dist_info.is_main else None
-    bar = ProgressBar(steps, start, enabled=dist_info.is_main)
+    bar = ProgressBar(steps, start, enabled=dist_info.is_main, chance_loss=model.head.chance_loss(),
+                      chance_match=1.0 / max(1, int(model.head.graph_size)))  # fmt: skip
     bad_paths: set[str] = set()
     it = iter(loader)
     step, loss_value, t0, images_done = start, float("nan"), time.perf_counter(), 0
@@ -420,6 +489,8 @@ def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info,
         for step in range(start + 1, steps + 1):
             net.train()
             step_loss = 0.0
+            epochs_before = passes((step - 1) * cfg.accum)
+            model.head.set_progress(Progress(step, steps, epochs_before, passes(steps * cfg.accum)))
             for micro in range(cfg.accum):
                 batch = next(it)
                 for path, reason in batch["bad"]:
@@ -434,9 +505,12 @@ def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info,
                     labels = LabelBatch(
                         int(batch.get("task", -1)), None if target is None else target.to(device, non_blocking=True)
                     )
+                batch_extra = None
+                if model.head.needs_extra:
+                    batch_extra = {k: v.to(device, non_blocking=True) for k, v in batch["extra"].items()}
                 sync = net.no_sync() if ddp and micro < cfg.accum - 1 else contextlib.nullcontext()
                 with sync:
-                    loss = net(vs, ps, labels) / cfg.accum
+                    loss = net(vs, ps, labels, batch_extra) / cfg.accum
                     loss.backward()
                 step_loss += loss.detach().item()
             if not math.isfinite(step_loss):
@@ -445,7 +519,7 @@ def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            model.update_teacher(step, steps)
+            model.update_teacher(step, steps, epochs_before, passes(step * cfg.accum), passes(steps * cfg.accum))
             loss_value = all_reduce_mean(step_loss, device)
             diag = {k: all_reduce_mean(v, device) for k, v in model.pop_stats().items()}
             images_done += cfg.global_batch
@@ -476,7 +550,7 @@ def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info,
             csv_log.close()
             tb.close()
         del it
-    return step, loss_value, images_done, bad_paths, time.perf_counter() - t0
+    return step, loss_value, images_done, bad_paths, time.perf_counter() - t0, bar
 
 
 def _version() -> str:
