@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from formulas import bn_mlp
 from train_utils import make_image_folder
 
 from lvmmed_ext.data import Preprocessing
@@ -30,23 +31,24 @@ def _head(**kw):
 
 
 def ark_loop_reference(head, h_s, h_t, th_s, th_t, task, target, weight):
-    """Ark's loss written element by element in float64 from the head's own modules (eval-mode MLPs)."""
-    z_s = torch.stack([head.projector(h_s[i : i + 1])[0] for i in range(h_s.shape[0])])
-    z_t = torch.stack([head.projector(h_t[i : i + 1])[0] for i in range(h_t.shape[0])])
-    q_s = torch.stack([head.teacher_projector(th_s[i : i + 1])[0] for i in range(th_s.shape[0])])
-    q_t = torch.stack([head.teacher_projector(th_t[i : i + 1])[0] for i in range(th_t.shape[0])])
+    """Ark's loss (our variant) written element by element in float64, its MLPs evaluated from their parameters
+    (eval-mode BatchNorm; tests/formulas.py), not from the head's modules."""
+    st = head.state_dict()
+    rows = lambda x, name: torch.stack([bn_mlp(x[i], st, name) for i in range(x.shape[0])])  # noqa: E731
+    z_s, z_t = rows(h_s, "projector"), rows(h_t, "projector")
+    q_s, q_t = rows(th_s, "teacher_projector"), rows(th_t, "teacher_projector")
     n = z_s.numel()
     mse = lambda a, b: sum((a.flatten()[k] - b.flatten()[k]) ** 2 for k in range(n)) / n  # noqa: E731
     loss = weight * (mse(z_s, q_t) + mse(z_t, q_s)) / 2
     if task < 0:
         return loss
-    lin = head.classifiers[task]
+    weight, bias = st[f"classifiers.{task}.weight"], st[f"classifiers.{task}.bias"]
     kind = head.tasks[task]["kind"]
     per_view = []
     for z in (z_s, z_t):
         total = 0.0
         for i in range(z.shape[0]):
-            logits = lin.weight @ z[i] + lin.bias
+            logits = weight @ z[i] + bias
             if kind == "multi":
                 for k in range(logits.shape[0]):
                     p = 1 / (1 + torch.exp(-logits[k]))

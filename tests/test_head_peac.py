@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from formulas import bn_mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from train_utils import make_image_folder
@@ -129,19 +130,21 @@ def test_peac_head_is_its_formula_value_and_gradient():
     y_s.requires_grad_(True)
     loss = head(h_s, h_t, y_s, y_t, pos_s, pos_t, teacher=TeacherFeatures(th_s, th_t, ty_s, ty_t))
 
-    def rows(net, x):
-        return torch.stack([net(x[i : i + 1])[0] for i in range(x.shape[0])])
+    st = head.state_dict()  # the MLPs evaluated from their parameters (tests/formulas.py), not the head's modules
 
-    def cells(net, y):
-        return torch.stack([rows(net, y[b]) for b in range(y.shape[0])])
+    def rows(name, x):
+        return torch.stack([bn_mlp(x[i], st, name) for i in range(x.shape[0])])
 
-    p_s, p_t = rows(head.predictor, rows(head.projector, h_s)), rows(head.predictor, rows(head.projector, h_t))
-    q_s, q_t = rows(head.teacher_projector, th_s), rows(head.teacher_projector, th_t)
+    def cells(name, y):
+        return torch.stack([rows(name, y[b]) for b in range(y.shape[0])])
+
+    p_s, p_t = rows("predictor", rows("projector", h_s)), rows("predictor", rows("projector", h_t))
+    q_s, q_t = rows("teacher_projector", th_s), rows("teacher_projector", th_t)
     glob = sum(2 - 2 * (p_s[i] @ q_t[i]) / (p_s[i].norm() * q_t[i].norm()) for i in range(4)) / 4
     glob = (glob + sum(2 - 2 * (p_t[i] @ q_s[i]) / (p_t[i].norm() * q_s[i].norm()) for i in range(4)) / 4) / 2
-    l_s = cells(head.local_predictor, cells(head.local_projector, y_s))
-    l_t = cells(head.local_predictor, cells(head.local_projector, y_t))
-    k_s, k_t = cells(head.teacher_local_projector, ty_s), cells(head.teacher_local_projector, ty_t)
+    l_s = cells("local_predictor", cells("local_projector", y_s))
+    l_t = cells("local_predictor", cells("local_projector", y_t))
+    k_s, k_t = cells("teacher_local_projector", ty_s), cells("teacher_local_projector", ty_t)
     loc = (local_loop_reference(l_s, k_t, pos_s, pos_t) + local_loop_reference(l_t, k_s, pos_t, pos_s)) / 2
     ref = 0.7 * glob + 1.3 * loc
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)

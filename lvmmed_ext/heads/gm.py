@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..losses import GMOptions, check_gm_inputs, gm_graphs, graph_matching_loss
 from ..ops import knn_graph
-from .base import Head, register_head
+from .base import Head, Recipe, register_head
 
 
 def _adjacency(edges: Tensor, n: int, dtype) -> Tensor:
@@ -119,8 +119,9 @@ class LVMMedHead(Head):
     """Projector (``in_dim`` → ``dim``), 2 layers of message passing over each view's kNN graph, then the
     graph-matching loss (:func:`lvmmed_ext.losses.graph_matching_loss`, as :func:`gm_loss`).
 
-    Message passing: ``gnn="graphconv"`` (default; :class:`GraphConv`, mean over the kNN neighbours plus a separate
-    root weight, ``gnn_aggr`` "mean", "sum" or "max") or ``gnn="gcn"`` (:class:`GCN`, the paper's Eq. 1), with
+    Message passing: ``gnn="graphconv"`` (default; :class:`GraphConv`, the kNN neighbours aggregated plus a separate
+    root weight; ``gnn_aggr`` "mean" (ours, the default), "sum" (the authors' related code) or "max") or
+    ``gnn="gcn"`` (:class:`GCN`, the paper's Eq. 1), with
     ``gnn_layers`` layers; ``normalize=True`` makes the node embeddings unit vectors before the affinities. The GCN
     averages each node with most of its 16-node graph, and the two views' kNN graphs differ, so its embeddings
     matched at chance in the study (docs/STUDY.md); the GraphConv form learns.
@@ -140,6 +141,24 @@ class LVMMedHead(Head):
 
     options_class = GMHeadOptions
     symmetric = True  # swapping the views transposes the QAP: the trainer evaluates each pair of views once
+    recipes = {
+        "authors-views": Recipe(
+            about="the views of the authors' related code: 2 x 224 px crops (area 0.4-1) + 2 x 96 px crops "
+            "(0.08-0.4), jitter 0.8 with p 0.8, blur p 0.5, flips p 0.5",
+            settings={
+                "image_size": 224,
+                "crop_scale": (0.4, 1.0),
+                "local_crops": 2,
+                "local_size": 96,
+                "local_scale": (0.08, 0.4),
+                "jitter": 0.8,
+            },  # fmt: skip
+        )
+    }
+
+    def chance_loss(self) -> float:
+        """A random matching of N images has one fixed point on average: Hamming distance 2 (N - 1) per graph."""
+        return 2.0 * (self.options.graph_size - 1)
 
     def __init__(self, in_dim: int = 2048, dim: int = GMHeadOptions.dim, *, generator=None, **options):
         super().__init__()
