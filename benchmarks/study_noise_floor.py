@@ -2,8 +2,9 @@
 quality, from perfect (the two views identical) to poor, at the noise scales the paper and the authors' code use.
 
 With the paper's Gumbel(0, 1) the perturbation is as large as the cosine affinities themselves (they lie in
-[-1, 1]), so even perfect embeddings are matched at little better than chance: the loss cannot show learning.
-This is the first reason the demo's gm loss sat at chance (docs/STUDY.md).
+[-1, 1]): without the edge term (a linear assignment) even perfect embeddings are matched near chance, and with it
+the QAP matches most of perfect embeddings but little of merely good ones, so the loss hardly shows learning.
+This is the first reason the demo's gm loss sat near chance (docs/STUDY.md §2a has the measured table).
 
     python benchmarks/study_noise_floor.py --json benchmarks/results/study_noise_floor.json
 """

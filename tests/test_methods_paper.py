@@ -451,3 +451,31 @@ def test_peac_recipe_builds_the_published_head():
     assert isinstance(head.predictor, torch.nn.Identity) and head.order_head.out_features == 196
     with pytest.raises(UsageError, match="popar=True needs views='grid'"):
         PEACHead(8, popar=True)
+
+
+# --- lvmmed ablate with the recipes --------------------------------------------------------------------------------
+
+
+def test_ablate_runs_both_recipes_with_the_shared_budget(tmp_path):
+    from lvmmed_ext.cli import main as lvmmed
+    from lvmmed_ext.train.ablate import parse_configs, recipe_parts
+
+    assert [(v.name, v.recipe) for v in parse_configs("peac,peac-paper,g=genesis:recipe=paper,ark-paper")] == [
+        ("peac", ""), ("peac-paper", "paper"), ("g", "paper"), ("ark-paper", "paper")]  # fmt: skip
+    with pytest.raises(UsageError, match="not a recipe of --loss vicreg"):
+        parse_configs("vicreg:recipe=paper")
+    opts, settings = recipe_parts("ark", "paper")
+    assert opts["weighting"] == "ramp" and settings["task_cycle"] == "epoch" and "lr" not in settings
+    data = make_image_folder(tmp_path / "data", n=8)
+    for i, c in enumerate(("blobs", "stripes")):
+        make_image_folder(tmp_path / "labelled" / c, n=6, seed=10 + i)
+    out = tmp_path / "abl"
+    argv = ["ablate", "--data", str(data), "--eval-data", str(tmp_path / "labelled"), "--out", str(out), "--arch",
+            "resnet18", "--width", "4", "--image-size", "64", "--batch-size", "4", "--steps", "1", "--workers", "0",
+            "--max-side", "64", "--eval-l2", "0.1", "--eval-k", "3", "--configs",
+            "genesis,genesis-paper,p=peac-paper:dim=8:hidden_dim=8:local_dim=4:local_hidden=4"]  # fmt: skip
+    assert lvmmed(argv) == 0
+    for name, recipe in (("genesis", ""), ("genesis-paper", "paper"), ("p", "paper")):
+        saved = json.loads((out / "runs" / name / "seed0" / "config.json").read_text())
+        assert saved["recipe"] == recipe and saved["optimizer"] == "adam" and saved["batch_size"] == 4
+    assert json.loads((out / "runs" / "p" / "seed0" / "config.json").read_text())["head_opts"]["popar"] is True

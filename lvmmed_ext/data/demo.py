@@ -297,13 +297,16 @@ def mni152_segmentation_task(out_dir: str, slab: int = 10, margin: int = 2, step
 # cores; settings of lvmmed_ext.train.config.TrainConfig (and its preprocessing key max_side).
 DEMO = {
     "arch": "resnet18",
+    # the half-width ResNet-18 for 500 steps: the settings of the 3-seed study (docs/STUDY.md §5, ``lvmmed ablate
+    # --demo --budget medium``), at about the compute of 150 full-width steps
+    "width": 32,
     "image_size": 96,
     # crops of at least a quarter of the image: with 0.08 two views of one slice often share nothing, and matching
     # them teaches invariance to where in the slice a crop lies (docs/STUDY.md, crop-scale pilot)
     "crop_scale": (0.25, 1.0),
     "batch_size": 32,
-    "steps": 150,
-    "ckpt_every": 50,
+    "steps": 500,
+    "ckpt_every": 250,
     "max_side": 256,
 }
 # Demo head options per loss: the best of 8 settings per loss tuned with equal budgets (docs/STUDY.md §4):

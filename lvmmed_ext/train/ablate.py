@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -30,12 +31,13 @@ from ..data.demo import (
     mni152_available,
     mni152_segmentation_task,
 )
+from ..data.presets import PREP_KEYS
 from ..errors import UsageError, parse_seeds, run_command
 from ..eval.classify import evaluate
 from ..eval.demo import demo_tasks
 from ..eval.probe import load_labelled
 from ..eval.segment import demo_segmentation, load_pairs
-from ..heads import build_head, head_names, head_needs
+from ..heads import build_head, head_accepts, head_names, head_needs, head_recipe
 from ..options import Option, add_arguments
 from ..system import default_device, loader_workers, save_figure
 from . import checkpoint as ckpt_io
@@ -49,12 +51,28 @@ _UNSET = object()
 
 @dataclass
 class Variant:
-    """One configuration of the ablation: a loss head and the head options that differ from its defaults."""
+    """One configuration of the ablation: a loss head, the head options that differ from its defaults, and a named
+    recipe of the loss (``--recipe``: its head options and method settings; see :func:`recipe_parts`)."""
 
     name: str
     loss: str
     options: dict = field(default_factory=dict)
     about: str = ""
+    recipe: str = ""
+
+
+# What every configuration of an ablation shares, whatever its recipe says: the budget and the optimisation.
+SHARED_SETTINGS = ("steps", "epochs", "batch_size", "accum", "image_size", "optimizer", "lr", "momentum", "schedule",
+                   "warmup_epochs", "weight_decay", "halvings", "backbone_lr_mult")  # fmt: skip
+
+
+def recipe_parts(loss: str, recipe: str) -> tuple[dict, dict]:
+    """(head options, settings) of ``--recipe recipe`` of ``loss`` as an ablation applies it: the settings that
+    define the method (views, label policy, dataset cycling, intensity window), without ``SHARED_SETTINGS``."""
+    if not recipe:
+        return {}, {}
+    r = head_recipe(loss, recipe)
+    return dict(r.head_opts), {k: v for k, v in r.settings.items() if k not in SHARED_SETTINGS}
 
 
 # The default list, in table order: the paper's Table 6 rows, then the baselines.
@@ -77,12 +95,18 @@ VARIANTS = {
             "Ark: SUPERVISED, one classifier per labelled dataset (--labels; with --demo the evaluation tasks' "
             "training rows) + EMA-teacher consistency",
         ),
+        Variant("peac-paper", "peac", {}, "PEAC as published (--recipe paper): stable grid, POPAR branches",
+                recipe="paper"),
+        Variant("genesis-paper", "genesis", {}, "Models Genesis as published (--recipe paper): the authors' "
+                "process, sigmoid output", recipe="paper"),
+        Variant("ark-paper", "ark", {}, "Ark as published (--recipe paper): SUPERVISED, ramped one-way "
+                "consistency, a pass per dataset, teacher per pass", recipe="paper"),
     )
-}
+}  # fmt: skip
 # The configurations run when --configs is not given (the paper's Table 6 rows and the SSL baselines).
 DEFAULT_CONFIGS = ("gm", "gm-no-edge", "gm-no-gnn", "gm-no-noise", "gm-no-local", "infonce", "vicreg")
 
-# `lvmmed ablate --demo --budget NAME`: the pretrain demo's images, views and batch (train.cli.DEMO) with a
+# `lvmmed ablate --demo --budget NAME`: the pretrain demo's images, views and batch (data.demo.DEMO) with a
 # ResNet-18 of half width (4x fewer FLOPs). "short": the 7 default configurations and 8 evaluations in about 10
 # minutes on 2 CPU cores; "medium": the study budget of docs/STUDY.md, about 20 minutes per seed.
 BUDGETS = {
@@ -94,11 +118,11 @@ BUDGETS = {
 def parse_configs(text: str) -> list[Variant]:
     """Configurations from ``--configs``: comma-separated items ``NAME`` (one of ``VARIANTS``) or
     ``[LABEL=]BASE[:KEY=VALUE[:KEY=VALUE...]]`` with BASE a variant or a loss name and KEY=VALUE head options
-    (values as in ``--head-opt``: Python literals, else strings).
+    (values as in ``--head-opt``: Python literals, else strings), or ``recipe=NAME`` for a recipe of the loss.
 
     Example:
-        >>> [v.name for v in parse_configs("gm,gm-a05=gm:alpha=0.5,vicreg:cov_weight=4")]
-        ['gm', 'gm-a05', 'vicreg:cov_weight=4']
+        >>> [(v.name, v.recipe) for v in parse_configs("gm,gm-a05=gm:alpha=0.5,peac:recipe=paper")]
+        [('gm', ''), ('gm-a05', ''), ('peac:recipe=paper', 'paper')]
     """
     variants: list[Variant] = []
     for item in (s.strip() for s in text.split(",")):
@@ -107,9 +131,10 @@ def parse_configs(text: str) -> list[Variant]:
         head, *pairs = item.split(":")
         label, base = head.split("=", 1) if "=" in head else (None, head)
         label, base = (label or "").strip(), base.strip()
+        recipe = ""
         if base in VARIANTS:
             parent = VARIANTS[base]
-            loss, options, about = parent.loss, dict(parent.options), parent.about
+            loss, options, about, recipe = parent.loss, dict(parent.options), parent.about, parent.recipe
         elif base in head_names():
             loss, options, about = base, {}, f"{base} loss"
         else:
@@ -121,11 +146,18 @@ def parse_configs(text: str) -> list[Variant]:
             if "=" not in pair:
                 raise UsageError(f"--configs: expected KEY=VALUE after ':' in {item!r}, got {pair!r}")
             key, value = parse_head_opt(pair)
+            if key == "recipe":
+                recipe = str(value)
+                head_recipe(loss, recipe)  # UsageError naming the loss's recipes
+                continue
             options[key] = value
         if pairs:
             inherited = VARIANTS[base].options if base in VARIANTS else {}
-            about = f"{base} with " + _options_text({k: v for k, v in options.items() if inherited.get(k, _UNSET) != v})
-        variants.append(Variant(label or item, loss, options, about))
+            changed = {k: v for k, v in options.items() if inherited.get(k, _UNSET) != v}
+            if recipe and recipe != (VARIANTS[base].recipe if base in VARIANTS else ""):
+                changed = {"recipe": recipe, **changed}
+            about = f"{base} with " + _options_text(changed)
+        variants.append(Variant(label or item, loss, options, about, recipe))
     if not variants:
         raise UsageError("--configs lists no configuration")
     names = [v.name for v in variants]
@@ -147,7 +179,8 @@ ABLATE_OPTIONS = (
         "--configs",
         ",".join(DEFAULT_CONFIGS),
         "comma-separated configurations, each NAME or "
-        "[LABEL=]BASE[:KEY=VALUE...] (BASE: a name below or a loss; KEY=VALUE: head options). Names: "
+        "[LABEL=]BASE[:KEY=VALUE...] (BASE: a name below or a loss; KEY=VALUE: head options, or recipe=NAME: "
+        "the loss's recipe, whose method settings apply while the budget and optimisation stay shared). Names: "
         + "; ".join(f"{v.name} = {v.about}" for v in VARIANTS.values()),
         group="ablation",
         commands=("ablate",),
@@ -320,6 +353,18 @@ def _pretrain_or_reuse(cfg):
     return weights, "reused"
 
 
+def with_recipe(cfg, v: Variant):
+    """``cfg`` with the method settings of ``v``'s recipe (:func:`recipe_parts`) and its name recorded."""
+    _, settings = recipe_parts(v.loss, v.recipe)
+    prep = {k: settings.pop(k) for k in list(settings) if k in PREP_KEYS}
+    if prep:
+        cfg.preprocessing = dataclasses.replace(cfg.preprocessing, **prep)
+    for key, value in settings.items():
+        setattr(cfg, key, tuple(value) if isinstance(value, list) else value)
+    cfg.recipe = v.recipe
+    return cfg
+
+
 def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
     """Build the head once on a small input width so that a bad option fails before any training."""
     extra: dict = {}
@@ -327,6 +372,8 @@ def _check_variant(v: Variant, options: dict, batch_size: int) -> None:
         extra["tasks"] = [{"name": "check", "kind": "single", "classes": ["a", "b"]}]
     if head_needs(v.loss, "encoder"):
         extra["stages"] = {"strides": [2, 4], "channels": [4, 8], "dims": 2}
+    if head_accepts(v.loss, "geometry"):
+        extra["geometry"] = {"grid": (2, 2), "size": 64, "in_chans": 1}
     try:
         build_head(v.loss, 8, **extra, **options)
     except UsageError as e:
@@ -631,9 +678,11 @@ def _run(args: argparse.Namespace) -> int:
     out = base.out or os.path.join("runs", f"ablate-{time.strftime('%Y%m%d-%H%M%S')}")
     plans = []
     for v in variants:
+        recipe_opts, _ = recipe_parts(v.loss, v.recipe)
         options = {
             **(DEMO_HEAD_OPTS.get(v.loss, {}) if demo else {}),
             **(base_gm if v.loss == "gm" else {}),
+            **recipe_opts,
             **v.options,
         }
         _check_variant(v, options, base.batch_size)
@@ -687,7 +736,7 @@ def _run(args: argparse.Namespace) -> int:
         timings["random init"][tag] = {"eval_s": round(time.perf_counter() - t0, 2)}
         for v, options in plans:
             done += 1
-            cfg = copy.deepcopy(base)
+            cfg = with_recipe(copy.deepcopy(base), v)
             cfg.loss, cfg.head_opts, cfg.seed = v.loss, options, seed
             cfg.out = os.path.join(out, "runs", folder_name(v.name), tag)
             cfg.labels = _labels_for(v, base, demo, os.path.join(out, "eval_tasks", tag), seed)
@@ -731,6 +780,8 @@ def _run(args: argparse.Namespace) -> int:
         "batch_size": base.batch_size,
         "accum": base.accum,
         "steps": base.steps,
+        "optimizer": base.optimizer,
+        "schedule": base.schedule,
         "lr": base.lr,
         "halvings": base.halvings,
         "crop_scale": list(base.crop_scale),
@@ -839,6 +890,14 @@ def _cell(row: dict, key: str, digits: int = 3) -> str:
     return text + (f" ± {row['std'][key]:.{digits}f}" if len(row["per_seed"]) > 1 else "")
 
 
+def _optimizer_text(settings: dict) -> str:
+    """``Adam lr 0.002 halved 4x`` (saved settings from before the optimiser options read as Adam, halving)."""
+    name = {"adam": "Adam", "sgd": "SGD", "nesterov": "Nesterov SGD"}[settings.get("optimizer", "adam")]
+    if settings.get("schedule", "halving") == "halving":
+        return f"{name} lr {settings['lr']:g} halved {settings['halvings']}x"
+    return f"{name} lr {settings['lr']:g}, cosine schedule"
+
+
 def markdown_table(rows: list[dict], settings: dict, paired: dict | None = None) -> str:
     """The ablation as Markdown: a settings paragraph and one row per configuration with, for each evaluation
     task, the linear-probe and kNN balanced accuracies (mean ± std over the seeds), the demo segmentation's mean
@@ -853,9 +912,8 @@ def markdown_table(rows: list[dict], settings: dict, paired: dict | None = None)
         "",
         f"Pretraining: {settings['data']}, {settings['arch']}{width}, {settings['image_size']} px views (crop area "
         f"{settings['crop_scale'][0]:g}-{settings['crop_scale'][1]:g}), batch {settings['batch_size']} x "
-        f"{settings['accum']} accumulation, {settings['steps']} steps{budget}, Adam lr {settings['lr']:g} halved "
-        f"{settings['halvings']}x, {seed_text}; for each seed the same data order, views and initialisation for "
-        "every configuration.",
+        f"{settings['accum']} accumulation, {settings['steps']} steps{budget}, {_optimizer_text(settings)}, "
+        f"{seed_text}; for each seed the same data order, views and initialisation for every configuration.",
         "Evaluation: frozen pooled features; linear probe = L2 logistic regression (penalty "
         f"{settings['eval_l2']}), kNN = cosine, k = {settings['eval_k']}; balanced accuracy on:",
     ]
