@@ -1,4 +1,5 @@
-"""Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021) as a loss head, written from the paper: the data loader
+"""Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021) as a loss head, written from the papers and the authors'
+public code (github.com/MrGiovanni/ModelsGenesis, read for its recipe, not copied): the data loader
 corrupts each crop with the Genesis transformations (:mod:`lvmmed_ext.heads.genesis_transforms`: Bezier
 intensity mapping, local pixel shuffling, in-/out-painting, flips) and the encoder + a U-Net decoder learn to
 restore the original (MSE). 2D on the ResNet/ViT backbones, 3D with ``--arch unet3d`` on sub-volumes."""

@@ -1,5 +1,6 @@
-"""The Models Genesis image transformations (Zhou et al., MICCAI 2019 / MedIA 2021), written from the paper's
-definitions: a restoration pretext corrupts an image and an encoder-decoder learns to restore the original.
+"""The Models Genesis image transformations (Zhou et al., MICCAI 2019 / MedIA 2021), written from the papers and
+the authors' code read for its numbers (not copied): a restoration pretext corrupts an image and an
+encoder-decoder learns to restore the original.
 
 Every function works on float arrays in [0, 1] of any dimension (2D ``[H, W]`` slices, 3D ``[D, H, W]``
 sub-volumes) and draws all randomness from the ``numpy.random.Generator`` it is given, so a corrupted sample is a
@@ -41,7 +42,7 @@ class GenesisConfig:
         bezier_samples: points on the Bezier curve of the intensity mapping (the authors': 100,000 in 3D).
         flip_p: probability of flipping along each axis (applied to input and target alike).
         nonlinear_p: probability of the Bezier intensity mapping.
-        shuffle_p: probability of local pixel shuffling; ``shuffle_density`` blocks per pixel (the paper's 10,000
+        shuffle_p: probability of local pixel shuffling; ``shuffle_density`` blocks per pixel (the authors' 10,000
             blocks in a 64x64x32 cube: about 1 per 13 voxels), block sides up to ``shuffle_max_frac`` of each axis.
         paint_p: probability of painting; ``outpaint_share`` of those are out-painting, the rest in-painting.
         inpaint_boxes: at most this many noise boxes, each side ``inpaint_frac`` of the axis (low, high).

@@ -479,7 +479,7 @@ def train_loop(cfg, net, model, optimizer, scheduler, loader, device, dist_info,
     csv_log = CsvLog(run.log_csv, resume_step=start) if dist_info.is_main else None
     tb = TensorBoardLog(os.path.join(run.out, "tensorboard")) if dist_info.is_main else None
     bar = ProgressBar(steps, start, enabled=dist_info.is_main, chance_loss=model.head.chance_loss(),
-                      chance_match=1.0 / max(1, int(model.head.graph_size)))  # fmt: skip
+                      chance_match=1.0 / max(1, min(int(model.head.graph_size), cfg.batch_size)))  # fmt: skip
     bad_paths: set[str] = set()
     it = iter(loader)
     step, loss_value, t0, images_done = start, float("nan"), time.perf_counter(), 0
