@@ -395,7 +395,7 @@ def test_more_rows_than_columns_needs_partial():
 
 def test_opcheck_and_compile_solve_qap():
     p = random_problem(2, 5, 6, 7, 8, 0, torch.float32)
-    args = (p["unary"], p["quad"], p["edges_s"], p["edges_t"], None, None, None, False, "ls", -1, 0)
+    args = (p["unary"], p["quad"], p["edges_s"], p["edges_t"], None, None, None, False, "ls", -1, -1.0, 0)
     torch.library.opcheck(torch.ops.lvmmed.solve_qap.default, args)
 
     def f(unary):
