@@ -85,10 +85,26 @@ LVMMED_CPU_CLONES void swap_gain_update_impl(double* __restrict D, const double*
   }
 }
 
-// The swap_class rule in three maxima: of every entry (m_any), of those with tm < now (authorised) and with tm < old
-// (aspired by age). Aspired are: every entry when m_any > need (the best of them then is the best of all), else
-// those with tm < old; then the authorised ones; then any. The maxima of every chunk come from a vectorised pass,
-// the first position of the winner from a scalar pass over the first chunk that holds it.
+// The swap_class rule in three maxima: of every entry (m_any), of those with tm < old (aspired by age; none when old
+// is -kInf) and with tm < now (authorised). Aspired are: every entry when m_any > need (the best of them then is the
+// best of all), else those with tm < old; then the authorised ones; then any. The maxima of every chunk come from a
+// vectorised pass, the first position of the winner from a scalar pass over the first chunk that holds it.
+template <bool kAged>
+LVMMED_CPU_CLONES void dense_pick_maxima(const double* __restrict D, const double* __restrict TM, index_t k0,
+                                         index_t k1, double old, double now, double* m) {
+  constexpr double kNone = -detail::kInf;
+  double m0 = kNone, m1 = kNone, m2 = kNone;
+#pragma omp simd reduction(max : m0, m1, m2)
+  for (index_t k = k0; k < k1; ++k) {
+    m0 = std::max(m0, D[k]);
+    if constexpr (kAged) m1 = std::max(m1, TM[k] < old ? D[k] : kNone);
+    m2 = std::max(m2, TM[k] < now ? D[k] : kNone);
+  }
+  m[0] = m0;
+  m[1] = m1;
+  m[2] = m2;
+}
+
 LVMMED_CPU_CLONES detail::Best dense_pick_impl(const double* __restrict D, const double* __restrict TM, index_t nn,
                                                double need, double old, double now) {
   constexpr index_t kChunk = 32;
@@ -96,20 +112,12 @@ LVMMED_CPU_CLONES detail::Best dense_pick_impl(const double* __restrict D, const
   double* chunk_max = detail::SerialTeam().scratch<double>(3, 3 * ((nn + kChunk - 1) / kChunk));
   double m[3] = {kNone, kNone, kNone};  // any, aged, authorised
   for (index_t k0 = 0, b = 0; k0 < nn; k0 += kChunk, ++b) {
-    const index_t k1 = std::min(nn, k0 + kChunk);
-    double m0 = kNone, m1 = kNone, m2 = kNone;
-#pragma omp simd reduction(max : m0, m1, m2)
-    for (index_t k = k0; k < k1; ++k) {
-      m0 = std::max(m0, D[k]);
-      m1 = std::max(m1, TM[k] < old ? D[k] : kNone);
-      m2 = std::max(m2, TM[k] < now ? D[k] : kNone);
-    }
-    chunk_max[3 * b] = m0;
-    chunk_max[3 * b + 1] = m1;
-    chunk_max[3 * b + 2] = m2;
-    m[0] = std::max(m[0], m0);
-    m[1] = std::max(m[1], m1);
-    m[2] = std::max(m[2], m2);
+    double* cm = chunk_max + 3 * b;
+    if (old > kNone)
+      dense_pick_maxima<true>(D, TM, k0, std::min(nn, k0 + kChunk), old, now, cm);
+    else
+      dense_pick_maxima<false>(D, TM, k0, std::min(nn, k0 + kChunk), old, now, cm);
+    for (int c = 0; c < 3; ++c) m[c] = std::max(m[c], cm[c]);
   }
   int which = 0;  // 0: any entry, 1: tm < old, 2: tm < now
   if (!(m[0] > need)) which = m[1] > kNone ? 1 : (m[2] > kNone ? 2 : 0);

@@ -1389,14 +1389,15 @@ LVMMED_TEAM_FN void dense_swap(const Team& team, QAPSearch<T>& c, int r, int s, 
 // The move of a robust tabu step `it` (objective f, best found best_f): the best aspired swap -- one reaching a new
 // best, or one moving a row to a column its tabu entry has not named for `aspiration` moves -- else the best
 // authorised one (not both rows tabu), else the best one. Returns the code u * N + v (u < v), kNoCode if none.
+// No tabu entry is below `floor` (the phase's reset value).
 template <class Team, typename T>
 LVMMED_TEAM_FN std::int64_t dense_pick(const Team& team, const QAPSearch<T>& c, int it, double f, double best_f,
-                                       int aspiration) {
+                                       int aspiration, int floor) {
   const int N = c.g.N;
   const double need = best_f + c.eps - f;  // an aspired gain exceeds this
   const int old = it - aspiration;
   if constexpr (Team::kSerial) {  // D's lower triangle and diagonal hold -kInf (dense_build): never a candidate
-    return team.dense_pick(c.D, c.TM, static_cast<index_t>(N) * N, need, old, it).code;
+    return team.dense_pick(c.D, c.TM, static_cast<index_t>(N) * N, need, old > floor ? old : -kInf, it).code;
   } else {
     Best best[3] = {no_best(), no_best(), no_best()};
     team.range(static_cast<index_t>(N) * N, [&](index_t k) {
@@ -1473,7 +1474,8 @@ LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchP
     if (phase > 0 && time_up(team, w)) break;
     phase_start(team, c, phase, members, plan.population, stream_of(plan, graph_id, 2 * phase));
     set_inverse(team, c);
-    team.range(NN, [&](index_t k) { c.TT[k] = c.TM[k] = it - 1; });
+    const int floor = it - 1;
+    team.range(NN, [&](index_t k) { c.TT[k] = c.TM[k] = floor; });
     team.sync();
     double f = dense_build(team, c, half_b);
     copy_ints(team, c.best, c.pi, N);
@@ -1485,7 +1487,7 @@ LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchP
         stop = true;
         break;
       }
-      const std::int64_t code = dense_pick(team, c, it, f, phase_f, plan.aspiration);
+      const std::int64_t code = dense_pick(team, c, it, f, phase_f, plan.aspiration, floor);
       if (code == kNoCode) {
         stop = true;
         break;

@@ -93,7 +93,8 @@ struct SerialTeam {
   double dot(const double* a, const double* b, index_t n) const;
   void exp_scaled(double* out, const double* in, double scale, index_t n) const;
   // The serial versions of the dense search's loops (qap_engine.h, vectorised in csrc/cpu/qap_search.cpp):
-  // the best entry k < nn of D (tabu until TM) of the first swap_class (0, 1, 2) that has one, the first on ties;
+  // the best entry k < nn of D (tabu until TM) of the first swap_class (0, 1, 2) that has one, the first on ties
+  // (old = -kInf: no tabu entry is old enough to aspire);
   Best dense_pick(const double* D, const double* TM, index_t nn, double need, double old, double now) const;
   // t[v] = dense_row_gain(t[v], ...) for row x, v < n.
   void dense_row_gains(double* t, const double* ax, const double* px, const double* atx, const double* ptx,
