@@ -74,7 +74,7 @@ LVMMED_HD_FN index_t round2(index_t n) {
 constexpr int kMaxPopulation = 16;
 
 // need_search: the local-search state (L, pi, tabu, target pair table); need_ga: the softassign buffers;
-// need_dense: the swap-gain state of the dense iterated tabu search (N = M, see DenseSwaps).
+// need_dense: the swap-gain state of the dense iterated tabu search (N = M, see "Dense swap gains" below).
 LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, bool need_search, bool need_ga,
                                   bool need_dense = false) {
   QAPLayout l{};
@@ -699,8 +699,8 @@ constexpr int kClockEvery = 16;
 // Best-improvement search from c.pi (L, f current). tenure = 0: steepest descent until no gain > eps (at most
 // max_moves moves). tenure > 0: tabu search, max_moves moves of the best non-tabu move (improving or not; a tabu
 // move is allowed when it beats the best found), a row may not return to a column it left for `tenure` moves.
-// Stops early when the time limit of `w` is spent. Leaves the best assignment found in c.pi (with L) and returns its
-// objective.
+// Stops early when the time limit of `watch` is spent. Leaves the best assignment found in c.pi (with L) and returns
+// its objective.
 template <class Team, typename T>
 LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, index_t max_moves, int tenure,
                                    const Stopwatch& watch) {
