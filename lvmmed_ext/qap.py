@@ -23,8 +23,11 @@ from . import (
 
 _lib = torch.ops.lvmmed
 
-#: Methods of :func:`solve_qap` (``"auto"`` picks ``"ls"`` for ``max(N, M) <= 64``, ``"ga"`` above).
-METHODS = ("auto", "ls", "ils", "ga", "faq", "sm", "rrwm", "ipfp", "lap", "bruteforce")
+#: Methods of :func:`solve_qap` (``"auto"`` picks ``"ls"`` for ``max(N, M) <= 64``, ``"ga"`` above, ``"its"`` when
+#: given a ``time_limit``).
+METHODS = ("auto", "ls", "ils", "its", "ga", "faq", "sm", "rrwm", "ipfp", "lap", "bruteforce")
+#: The search methods: the ones that take a ``time_limit``.
+SEARCH_METHODS = ("ls", "ils", "its")
 _AUTO_LS_MAX = 64
 _BRUTEFORCE_MAX = 5_000_000  # assignments enumerated by method="bruteforce"
 
@@ -66,6 +69,7 @@ def solve_qap(
     partial: bool = False,
     method: str = "auto",
     max_iter: int | None = None,
+    time_limit: float | None = None,
     init: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -79,13 +83,20 @@ def solve_qap(
             A pair of self loops acts as a unary term; duplicate edges add up.
         A, B: ``[G, N, N]`` and ``[G, M, M]`` dense Koopmans-Beckmann matrices (both or none).
         partial: False: every row matched (needs ``N <= M``); True: row/column sums <= 1, unmatched rows score 0.
-        method: ``"auto"`` (``"ls"`` when ``max(N, M) <= 64``, else ``"ga"``), or
+        method: ``"auto"`` (``"ls"`` when ``max(N, M) <= 64``, else ``"ga"``; ``"its"`` with a ``time_limit``), or
 
             ========== ===========================================================================================
             ``ls``     multi-start local search: LAP on the unary, softassign starts, warm start; each polished by
                        best-improvement swaps / moves with exact O(deg) gains; then tabu search. ``max_iter``: tabu
                        moves (default ``1.5 max(N, 8)``). Deterministic and permutation-equivariant (up to ties).
             ``ils``    ``ls`` + ``max(N, 8)`` random-kick restarts (seeded by ``generator``).
+            ``its``    the anytime search: ``ls``'s starts, then iterated tabu search until ``max_iter`` tabu moves
+                       in all (default ``100 max(N, 8)``; with a ``time_limit`` and no ``max_iter``: until the time
+                       limit). On dense Koopmans-Beckmann problems (``A``/``B``, no edges, ``N = M``, not
+                       ``partial``; e.g. QAPLIB) a memetic robust tabu search on the O(N^2)-per-move table of all
+                       swap gains: phases of robust tabu search (random tenures around N, aspiration) from the best
+                       start, random starts, then crossovers of a population of 8; otherwise phases of ``ls``'s tabu
+                       search from kicked best assignments. Random choices seeded by ``generator``.
             ``ga``     softassign (graduated assignment) -> Frank-Wolfe warm-started from it -> LAP -> local-search
                        polish; batched products, for large or dense (``A``/``B``) problems. ``max_iter``: annealing
                        steps (default 30).
@@ -100,18 +111,24 @@ def solve_qap(
 
             ``sm``, ``rrwm`` and ``ipfp`` follow pygmtools' definitions (K with the unary on its diagonal, x0 =
             1/(N M), at most ``max_iter`` = 50 iterations) but never build the dense ``(N M)^2`` matrix K.
-        max_iter: the iteration budget of the method (see above); None for its default.
+        max_iter: the iteration budget of the method (see above); None for its default. For a given ``max_iter``
+            the search methods give the same answer on every run and thread count.
+        time_limit: seconds per graph for the search methods (``ls``, ``ils``, ``its``; on CUDA per thread block,
+            from when it starts the graph): the search stops once they are spent (the clock is read every 16
+            moves; the answer is at least the first start's descent, as far as it got). The answer then depends on
+            the machine's speed and load; use ``max_iter`` for reproducible answers. None (default): no limit.
         init: ``[G, N, M]`` warm start: a valid 0/1 (partial) assignment is used as is, anything else (a soft
             matrix) is rounded by a LAP (``partial``: maximising the sum of ``init - 0.5``). Used by ``ls``/``ils``
             as an extra start, by ``ga``/``faq`` as the starting point.
-        generator: seeds the random kicks of ``ils`` (the other methods are deterministic and ignore it).
+        generator: seeds the random kicks of ``ils`` and ``its`` (the other methods are deterministic and ignore it).
 
     Returns:
         ``X [G, N, M]``, 0/1 in the dtype of ``unary`` (never requires grad). The same input and generator give
         the same output, on any thread count.
 
     Raises ValueError for malformed input: NaN/Inf costs, edge indices out of range or of the wrong shape,
-    ``N > M`` with ``partial=False``, an unknown method. ``G = 0`` or ``N = 0`` give an empty/unmatched result.
+    ``N > M`` with ``partial=False``, an unknown method, a ``time_limit`` that is not a positive number or is given
+    to a method that is not a search method. ``G = 0`` or ``N = 0`` give an empty/unmatched result.
 
     Devices and dtypes: CPU and CUDA; float32/float64 (float16/bfloat16 solved in float32).
 
@@ -127,9 +144,18 @@ def solve_qap(
         raise ValueError(f"method must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
         raise ValueError(f"max_iter must be None or an int >= 0, got {max_iter!r}")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))):
+        raise ValueError(f"time_limit must be None or a number of seconds > 0, got {time_limit!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be None or a number of seconds > 0, got {time_limit!r}")
     N, M = (unary.shape[1], unary.shape[2]) if unary.dim() == 3 else (0, 0)
     if method == "auto":
-        method = "ls" if max(N, M) <= _AUTO_LS_MAX else "ga"
+        method = "its" if time_limit is not None else ("ls" if max(N, M) <= _AUTO_LS_MAX else "ga")
+    if time_limit is not None and method not in SEARCH_METHODS:
+        raise ValueError(
+            f"time_limit applies to the search methods {', '.join(repr(m) for m in SEARCH_METHODS)}, "
+            f"not to method={method!r}"
+        )
     if method == "bruteforce":
         return _bruteforce(unary, quad, edges_s, edges_t, A, B, partial)
     seed = 0
@@ -150,6 +176,7 @@ def solve_qap(
         partial,
         method,
         -1 if max_iter is None else max_iter,
+        -1.0 if time_limit is None else float(time_limit),
         seed,
     )
 
@@ -213,7 +240,7 @@ def _linear_assignment_fake(score: Tensor, maximize: bool, partial: bool) -> Ten
 
 
 @torch.library.register_fake("lvmmed::solve_qap")
-def _solve_qap_fake(unary, quad, edges_s, edges_t, A, B, init, partial, method, max_iter, seed) -> Tensor:
+def _solve_qap_fake(unary, quad, edges_s, edges_t, A, B, init, partial, method, max_iter, time_limit, seed) -> Tensor:
     torch._check(unary.dim() == 3, lambda: "unary must be [G,N,M]")
     return unary.new_empty(unary.shape)
 

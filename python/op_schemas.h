@@ -34,10 +34,11 @@ inline void define_ops(torch::Library& m) {
   // score [G,N,M] -> X [G,N,M] (0/1, exact maximum / minimum assignment)
   m.def("linear_assignment(Tensor score, bool maximize, bool partial) -> Tensor", {at::Tag::pt2_compliant_tag});
   // unary [G,N,M], quad [G,Es,Et], edges_s [G,Es,2], edges_t [G,Et,2], A [G,N,N], B [G,M,M], init [G,N,M]
-  //   -> X [G,N,M] (0/1); method a resolved name, max_iter < 0 = the method's default
+  //   -> X [G,N,M] (0/1); method a resolved name, max_iter < 0 = the method's default, time_limit seconds per graph
+  //   (<= 0: none; the search methods)
   m.def(
       "solve_qap(Tensor unary, Tensor? quad, Tensor? edges_s, Tensor? edges_t, Tensor? A, Tensor? B, Tensor? init, "
-      "bool partial, str method, int max_iter, int seed) -> Tensor",
+      "bool partial, str method, int max_iter, float time_limit, int seed) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   // X [G,N,M] + the problem of solve_qap -> objective [G]
   m.def(

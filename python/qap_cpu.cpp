@@ -138,10 +138,11 @@ at::Tensor solve_qap_op(const at::Tensor& unary, const std::optional<at::Tensor>
                         const std::optional<at::Tensor>& edges_s, const std::optional<at::Tensor>& edges_t,
                         const std::optional<at::Tensor>& A, const std::optional<at::Tensor>& B,
                         const std::optional<at::Tensor>& init, bool partial, c10::string_view method, int64_t max_iter,
-                        int64_t seed) {
+                        double time_limit, int64_t seed) {
   const auto s = validate_solve_qap(unary, quad, edges_s, edges_t, A, B, init, partial);
   const auto p = qap_tensors(unary, quad, edges_s, edges_t, A, B, s);
-  return solve_qap_with(cpu_backend(), p, init, partial, std::string(method), max_iter, seed).to(unary.scalar_type());
+  return solve_qap_with(cpu_backend(), p, init, partial, std::string(method), max_iter, time_limit, seed)
+      .to(unary.scalar_type());
 }
 
 at::Tensor qap_objective_op(const at::Tensor& X, const at::Tensor& unary, const std::optional<at::Tensor>& quad,

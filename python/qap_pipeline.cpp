@@ -12,6 +12,8 @@ namespace {
 // Per-method defaults of max_iter (< 0 from the caller).
 struct Defaults {
   int64_t ls_tabu(const QAPShape& s) const { return 3 * std::max<int64_t>(s.N, 8) / 2; }
+  int64_t its_moves(const QAPShape& s) const { return 100 * std::max<int64_t>(s.N, 8); }
+  int64_t max_moves = INT32_MAX / 2;  // the engine counts moves in int
   int ls_ga_steps = 4;
   int ls_sinkhorn_iters = 5;
   int64_t ga_steps = 20;
@@ -240,7 +242,7 @@ at::Tensor assignment_matrix(const at::Tensor& assign, int64_t M, at::ScalarType
 }
 
 at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::optional<at::Tensor>& init,
-                          bool partial, const std::string& method, int64_t max_iter, int64_t seed) {
+                          bool partial, const std::string& method, int64_t max_iter, double time_limit, int64_t seed) {
   const Defaults def;
   const auto& s = p.s;
   const auto dt = p.unary.scalar_type();
@@ -252,13 +254,17 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
     assign = at::full({s.G, s.N}, -1, p.unary.options().dtype(at::kLong));
   } else if (method == "lap") {
     assign = assignment_of(be, p.unary, partial);
-  } else if (method == "ls" || method == "ils") {
+  } else if (method == "ls" || method == "ils" || method == "its") {
     QAPSearchOptions o;
     o.partial = partial;
     o.ga_steps = def.ls_ga_steps;
     o.sinkhorn_iters = def.ls_sinkhorn_iters;
-    o.tabu_iters = static_cast<int>(std::min<int64_t>(iters(def.ls_tabu(s)), INT32_MAX / 2));
+    o.iterated = method == "its";
+    // "its" with a time limit and no move budget runs until the time limit
+    const int64_t its_default = time_limit > 0 ? def.max_moves : def.its_moves(s);
+    o.tabu_iters = static_cast<int>(std::min(iters(o.iterated ? its_default : def.ls_tabu(s)), def.max_moves));
     o.kicks = method == "ils" ? static_cast<int>(std::max<int64_t>(s.N, 8)) : 0;
+    o.time_limit = std::max(time_limit, 0.0);
     o.seed = static_cast<uint64_t>(seed);
     assign = be.search(p, x0, o);
   } else if (method == "ga") {
@@ -287,7 +293,8 @@ at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::
     const at::Tensor b = ipfp(be, p, partial, iters(def.power_iters));
     assign = assignment_of(be, b, partial);
   } else {
-    TORCH_CHECK_VALUE(false, "method must be one of 'ls', 'ils', 'ga', 'faq', 'sm', 'rrwm', 'ipfp', 'lap', got '",
+    TORCH_CHECK_VALUE(false,
+                      "method must be one of 'ls', 'ils', 'its', 'ga', 'faq', 'sm', 'rrwm', 'ipfp', 'lap', got '",
                       method, "'");
   }
   return assignment_matrix(assign, s.M, dt);

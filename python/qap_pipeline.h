@@ -47,10 +47,11 @@ QAPTensors qap_tensors(const at::Tensor& unary, const std::optional<at::Tensor>&
 // assignment int64 [G,N] (column or -1) -> 0/1 [G,N,M] of `dtype`.
 at::Tensor assignment_matrix(const at::Tensor& assign, int64_t M, at::ScalarType dtype);
 
-// solve_qap for a resolved method name ("lap", "ls", "ils", "ga", "faq", "sm", "rrwm", "ipfp"); max_iter < 0
-// picks the method's default. Returns the 0/1 X [G,N,M] in the compute dtype.
+// solve_qap for a resolved method name ("lap", "ls", "ils", "its", "ga", "faq", "sm", "rrwm", "ipfp"); max_iter < 0
+// picks the method's default; time_limit: seconds per graph of the search methods ("ls", "ils", "its"), <= 0 for
+// none (with max_iter < 0, "its" then runs until the time limit). Returns the 0/1 X [G,N,M] in the compute dtype.
 at::Tensor solve_qap_with(const QAPBackend& be, const QAPTensors& p, const std::optional<at::Tensor>& init,
-                          bool partial, const std::string& method, int64_t max_iter, int64_t seed);
+                          bool partial, const std::string& method, int64_t max_iter, double time_limit, int64_t seed);
 
 // Objective [G] of any real X [G,N,M], and its gradients (X, unary, quad, A, B; empty for absent terms).
 at::Tensor qap_objective_with(const QAPBackend& be, const at::Tensor& X, const QAPTensors& p);

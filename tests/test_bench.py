@@ -2,6 +2,7 @@
 regression gate, Markdown / --write-md / --from-json, plots, profiler traces, optional peers."""
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -11,12 +12,28 @@ from lvmmed_ext.bench import cli, report
 from lvmmed_ext.bench.subjects import SUBJECTS
 
 
+def write_qaplib_folder(folder, sizes=(4, 5, 6)):
+    """Tiny QAPLIB instances (random integer flows and distances) with their optimum, found by enumeration."""
+    folder.mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        A = torch.randint(0, 9, (n, n), generator=gen)
+        B = torch.randint(0, 9, (n, n), generator=gen)
+        best = min(itertools.permutations(range(n)), key=lambda p: int((A * B[list(p)][:, list(p)]).sum()))
+        value = int((A * B[list(best)][:, list(best)]).sum())
+        rows = "\n".join(" ".join(map(str, r.tolist())) for r in torch.cat([A, B]))
+        (folder / f"toy{n}.dat").write_text(f"{n}\n\n{rows}\n")
+        (folder / f"toy{n}.sln").write_text(f"{n} {value}\n" + " ".join(str(k + 1) for k in best) + "\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def smoke_path(tmp_path_factory):
-    """One quick CPU run of every subject, shared by the tests below."""
+    """One quick CPU run of every subject (qaplib on tiny hand-made instances), shared by the tests below."""
     out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    folder = write_qaplib_folder(tmp_path_factory.mktemp("qaplib"))
     threads = torch.get_num_threads()
-    assert cli.main(["all", "--quick", "--device", "cpu", "--json", str(out)]) == 0
+    assert cli.main(["all", "qaplib", str(folder), "--quick", "--device", "cpu", "--json", str(out)]) == 0
     # the run uses one thread (recorded below) and gives the caller's thread count back: later tests in this
     # process (the bit-exact resume tests) compare against subprocesses that use the default count
     assert torch.get_num_threads() == threads
@@ -133,6 +150,47 @@ def test_from_json_gates_a_saved_result(smoke, smoke_path, tmp_path, capsys):
 @pytest.mark.parametrize("text, value", [("10%", 0.1), ("0.25", 0.25), ("0%", 0.0)])
 def test_parse_fraction(text, value):
     assert report.parse_fraction(text) == pytest.approx(value)
+
+
+def test_qaplib_rows_budgets_and_sections(smoke, tmp_path, capsys):
+    rows = _rows(smoke, "qaplib")
+    per = [r for r in rows if r["case"] != "all"]
+    assert {r["case"] for r in per} == {"toy4", "toy5", "toy6"}
+    assert {r["method"] for r in per} >= {"ours_its", "ours_ls", "ours_ils"}
+    summary = {(r["method"], r["params"]["budget"]): r for r in rows if r["case"] == "all"}
+    assert summary[("ours_its", "1ms")]["gate"] and not summary.get(("scipy_faq", "default"), {"gate": False})["gate"]
+    for r in summary.values():
+        m = r["metrics"]
+        assert {"gap_pct", "median_gap_pct", "exact_frac", "max_gap_pct"} <= set(m) and r["time_s"] > 0
+        assert r["params"]["instances"] == 3 and 0 <= m["exact_frac"] <= 1
+    # a move budget: reproducible, and enough for the optimum of these; the tables go to their own section
+    folder = write_qaplib_folder(tmp_path / "q")
+    out, md = tmp_path / "q.json", tmp_path / "B.md"
+    begin, end = report.markers("qaplib cpu")
+    md.write_text(f"{begin}\nold\n{end}\n")
+    argv = ["qaplib", str(folder), "--quick", "--budgets", "300it", "--json", str(out), "--write-md", str(md)]
+    assert cli.main(argv) == 0
+    result = report.load(str(out))
+    its = next(r for r in result["rows"] if r["case"] == "all" and r["method"] == "ours_its")
+    assert its["params"]["budget"] == "300it" and its["metrics"]["gap_pct"] == 0 and its["metrics"]["exact_frac"] == 1
+    assert "#### QAPLIB, n <= 20: 3 instances" in md.read_text() and "| **ours_its** | 300it | 0.00 %" in md.read_text()
+
+
+def test_qaplib_arguments_are_one_line_errors(tmp_path, capsys):
+    assert cli.main(["qaplib", "--quick"]) == 2
+    assert "qaplib needs a folder of QAPLIB .dat/.sln files: lvmmed bench qaplib DIR" in capsys.readouterr().err
+    assert cli.main(["qaplib", str(tmp_path / "nowhere"), "--quick"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert cli.main(["qaplib", str(tmp_path), "--quick"]) == 2
+    assert "holds no .dat files" in capsys.readouterr().err
+    folder = write_qaplib_folder(tmp_path / "q", sizes=(4,))
+    assert cli.main(["qaplib", str(folder), "--quick", "--budgets", "fast"]) == 2
+    assert "a budget is a time per instance ('10ms', '0.5s') or a move budget ('5000it'), got 'fast'" in (
+        capsys.readouterr().err
+    )
+    (folder / "toy4.dat").write_text("4\n1 2 3\n")
+    assert cli.main(["qaplib", str(folder), "--quick"]) == 2
+    assert "toy4.dat: expected 2 n^2 = 32 matrix entries after n = 4, found 3" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):

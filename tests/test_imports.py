@@ -3,7 +3,7 @@ import follows the layer order, so the structure cannot regress silently.
 
 Layers (a module may import its own layer or a lower one):
 
-0. the core: the compiled-op wrappers and the leaf helpers (``ops``, ``qap``, ``reference``, ``errors``, ...)
+0. the core: the compiled-op wrappers and the leaf helpers (``ops``, ``qap``, ``qaplib``, ``reference``, ...)
 1. the losses: ``losses``, ``imle``, ``diagnostics``, ``heads``
 2. ``models``, ``data``
 3. ``train``, ``eval`` (``eval`` does not import ``train``)
@@ -25,7 +25,7 @@ PKG = "lvmmed_ext"
 
 LAYERS = {
     0: ("errors", "options", "system", "_loader", "_build_info", "distributed", "noise", "ops", "qap", "reference",
-        "problems"),
+        "problems", "qaplib"),
     1: ("losses", "imle", "diagnostics", "heads"),
     2: ("models", "data"),
     3: ("train", "eval"),

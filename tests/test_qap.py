@@ -338,6 +338,82 @@ def test_kb_problems():
     assert_assignment(Xa, False)  # auto: N > 64 -> "ga"
 
 
+# ------------------------------------------------------------------------------- its and the anytime budget
+def integer_kb(G, N, seed, sym_a=True, sym_b=True, unary=False):
+    """Koopmans-Beckmann problems with small integer entries: every sum in the search is exact, so its path does not
+    depend on the order of the additions (CPU and CUDA follow the same one)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randint(0, 10, (G, N, N), generator=gen).double()
+    B = -torch.randint(0, 10, (G, N, N), generator=gen).double()
+    A = A + A.transpose(1, 2) if sym_a else A
+    B = B + B.transpose(1, 2) if sym_b else B
+    U = torch.randint(-20, 20, (G, N, N), generator=gen).double() if unary else torch.zeros(G, N, N).double()
+    return {"unary": U, "A": A, "B": B}
+
+
+@pytest.mark.parametrize("sym_a, sym_b, unary", [(True, True, False), (False, False, True), (True, False, True)])
+def test_its_reaches_the_bruteforce_optimum_of_tiny_dense_problems(sym_a, sym_b, unary):
+    # the dense search (symmetric, asymmetric, one side symmetric; with a unary term) on N = 5..7
+    for N in (5, 6, 7):
+        p = integer_kb(4, N, 10 * N, sym_a, sym_b, unary)
+        X = lvmmed_ext.solve_qap(**p, method="its", max_iter=400, generator=torch.Generator().manual_seed(0))
+        assert_assignment(X, False)
+        torch.testing.assert_close(objective(X, p), objective(reference.qap_bruteforce(**p), p))
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_its_reaches_the_bruteforce_optimum_of_tiny_edge_problems(partial):
+    # the generic iterated tabu search (edges; partial; N < M with free columns)
+    for N, M in ((5, 5), (5, 6)):
+        p = random_problem(3, N, M, 2 * N, 2 * M, N + M, kb=True)
+        X = lvmmed_ext.solve_qap(**p, partial=partial, method="its", max_iter=300)
+        assert_assignment(X, partial)
+        best = reference.qap_bruteforce(**p, partial=partial)
+        torch.testing.assert_close(objective(X, p), objective(best, p))
+
+
+def test_its_budget_is_deterministic_on_any_thread_count():
+    dense = integer_kb(6, 12, 3, sym_a=False, sym_b=True, unary=True)
+    edges = lvmmed_problem(6, 12, noise=NOISE_LEVELS["hard"], generator=torch.Generator().manual_seed(3)).inputs()
+    threads = torch.get_num_threads()
+    answers = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            answers.append(
+                [
+                    lvmmed_ext.solve_qap(**p, method="its", max_iter=500, generator=torch.Generator().manual_seed(9))
+                    for p in (dense, edges)
+                ]
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for other in answers[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(answers[0], other))
+    # another seed explores elsewhere; a larger budget never ends worse (the same search, run further)
+    more = lvmmed_ext.solve_qap(**dense, method="its", max_iter=2000, generator=torch.Generator().manual_seed(9))
+    assert (objective(more, dense) >= objective(answers[0][0], dense)).all()
+
+
+def test_its_beats_ls_on_unstructured_dense_problems():
+    pu = uniform_kb_problem(4, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float64).inputs()
+    f_ls = objective(lvmmed_ext.solve_qap(**pu, method="ls"), pu)
+    f_its = objective(lvmmed_ext.solve_qap(**pu, method="its", max_iter=2000), pu)
+    assert (f_its >= f_ls - 1e-9).all() and (f_its > f_ls + 1e-9).any()
+
+
+def test_time_limit_gives_valid_answers_and_auto_picks_its():
+    p = integer_kb(3, 30, 4)
+    X = lvmmed_ext.solve_qap(**p, time_limit=1e-4)  # auto -> its; a limit shorter than the search
+    assert_assignment(X, False)
+    q = lvmmed_problem(4, 16, noise=NOISE_LEVELS["hard"], generator=torch.Generator().manual_seed(6)).inputs()
+    for method in ("ls", "ils", "its"):
+        assert_assignment(lvmmed_ext.solve_qap(**q, method=method, time_limit=1e-4), False)
+    # a generous limit with a move budget: the budget decides, the answer is the deterministic one
+    a = lvmmed_ext.solve_qap(**p, method="its", max_iter=300, time_limit=60.0)
+    assert torch.equal(a, lvmmed_ext.solve_qap(**p, method="its", max_iter=300))
+
+
 # ------------------------------------------------------------------------------------------ input handling
 def test_empty_inputs_give_documented_results():
     assert lvmmed_ext.solve_qap(torch.randn(0, 4, 5)).shape == (0, 4, 5)
@@ -379,6 +455,9 @@ def _bad(**kw):
         ),
         (_bad(method="hungarian"), ValueError, "method must be one of"),
         (_bad(max_iter=-1), ValueError, "max_iter must be None or an int >= 0"),
+        (_bad(time_limit=0), ValueError, "time_limit must be None or a number of seconds > 0"),
+        (_bad(time_limit="1s"), ValueError, "time_limit must be None or a number of seconds > 0"),
+        (_bad(time_limit=0.1, method="ga"), ValueError, "time_limit applies to the search methods"),
         (_bad(unary=torch.randn(2, 4, 5).double()), TypeError, "same dtype"),
     ],
 )
@@ -395,7 +474,7 @@ def test_more_rows_than_columns_needs_partial():
 
 def test_opcheck_and_compile_solve_qap():
     p = random_problem(2, 5, 6, 7, 8, 0, torch.float32)
-    args = (p["unary"], p["quad"], p["edges_s"], p["edges_t"], None, None, None, False, "ls", -1, 0)
+    args = (p["unary"], p["quad"], p["edges_s"], p["edges_t"], None, None, None, False, "ls", -1, -1.0, 0)
     torch.library.opcheck(torch.ops.lvmmed.solve_qap.default, args)
 
     def f(unary):
@@ -466,7 +545,7 @@ def test_cuda_large_kb_and_dense_and_many_small(gpu):
         ((3, 5, 7, -1, -1), True),  # no edges at all
     ],
 )
-@pytest.mark.parametrize("method", ["lap", "ls", "ils", "ga", "faq"])
+@pytest.mark.parametrize("method", ["lap", "ls", "ils", "its", "ga", "faq"])
 @pytest.mark.parametrize("kb", [False, True])
 def test_cuda_edge_shapes_valid_and_as_good_as_cpu(gpu, shape, partial, method, kb):
     G, N, M, Es, Et = shape
@@ -481,7 +560,7 @@ def test_cuda_edge_shapes_valid_and_as_good_as_cpu(gpu, shape, partial, method, 
     assert_assignment(Xc, partial)
     if method == "lap":  # the exact LAP picks the same assignment on both devices
         assert torch.equal(X, Xc)
-    if method in ("ls", "ils"):  # the same engine on both devices (rounding may still steer it elsewhere)
+    if method in ("ls", "ils", "its"):  # the same engine on both devices (rounding may still steer it elsewhere)
         f_gpu, f_cpu = objective(X, p).sum(), objective(Xc, p).sum()
         assert f_gpu >= f_cpu - 0.05 * objective(Xc, p).abs().sum() - 1e-9, (f_gpu, f_cpu)
 
@@ -503,6 +582,39 @@ def test_cuda_warm_starts(gpu, partial):
     with gpu:
         X = lvmmed_ext.solve_qap(**pc, init=hard.to(gpu.device), partial=partial, method="ls", max_iter=0).cpu()
     assert (objective(X, p) >= objective(hard, p) - 1e-9).all()
+
+
+@pytest.mark.parametrize("sym_a, sym_b, unary", [(True, True, False), (False, False, True), (False, True, True)])
+def test_cuda_its_follows_the_cpu_on_exact_data(gpu, sym_a, sym_b, unary):
+    # integer data: every sum is exact, so the block runs the very search of the CPU team (same assignment), in
+    # shared memory and in the global workspace with blocks looping over graphs
+    p = integer_kb(gpu.pick(16, 3), gpu.pick(24, 9), 8, sym_a, sym_b, unary)
+    kw = {"method": "its", "max_iter": gpu.pick(2000, 150), "generator": torch.Generator().manual_seed(1)}
+    Xc = lvmmed_ext.solve_qap(**p, **kw)
+    pc = {k: v.to(gpu.device) for k, v in p.items()}
+    kw["generator"] = torch.Generator().manual_seed(1)
+    with gpu:
+        X = lvmmed_ext.solve_qap(**pc, **kw)
+        kw["generator"] = torch.Generator().manual_seed(1)
+        with gpu.device_limits(smem_per_block_optin=2048, max_grid_x=2):
+            Xw = lvmmed_ext.solve_qap(**pc, **kw)
+    assert torch.equal(X.cpu(), Xc) and torch.equal(Xw.cpu(), Xc)
+
+
+def test_cuda_its_edges_and_time_limit(gpu):
+    p = lvmmed_problem(gpu.pick(64, 3), 12, noise=NOISE_LEVELS["hard"], generator=torch.Generator().manual_seed(2))
+    p = {k: v for k, v in p.inputs().items() if v is not None}
+    pc = {k: v.to(gpu.device) for k, v in p.items()}
+    dense = {k: v.to(gpu.device) for k, v in integer_kb(2, 10, 3, unary=True).items()}
+    with gpu:
+        X = lvmmed_ext.solve_qap(**pc, method="its", max_iter=gpu.pick(2000, 60))
+        again = lvmmed_ext.solve_qap(**pc, method="its", max_iter=gpu.pick(2000, 60))
+        Xt = lvmmed_ext.solve_qap(**dense, time_limit=1e-3)  # auto -> its, dense
+    assert torch.equal(X, again)
+    assert_assignment(X.cpu(), False)
+    assert_assignment(Xt.cpu(), False)
+    Xc = lvmmed_ext.solve_qap(**p, method="its", max_iter=gpu.pick(2000, 60))
+    assert objective(X.cpu(), p).sum() >= objective(Xc, p).sum() - 0.05 * objective(Xc, p).abs().sum()
 
 
 @pytest.mark.parametrize("method", ["ls", "ils", "ga"])
@@ -528,7 +640,7 @@ def test_cuda_team_kernels_global_workspace_and_grid_stride(gpu, method, kb):
 @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 10), st.integers(0, 4), st.integers(-1, 30), st.integers(0, 30)),
-    method=st.sampled_from(["lap", "ls", "ils", "ga", "faq", "sm", "rrwm", "ipfp"]),
+    method=st.sampled_from(["lap", "ls", "ils", "its", "ga", "faq", "sm", "rrwm", "ipfp"]),
     partial=st.booleans(),
     kb=st.booleans(),
     seed=st.integers(0, 2**31 - 1),

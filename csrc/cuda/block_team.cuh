@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "cuda_common.cuh"
 #include "lvmmed/detail/team.h"
 
 namespace lvmmed::cuda {
@@ -35,6 +36,13 @@ struct BlockTeam {
     }
     __syncthreads();
     return red[kTeamMaxWarps - 1];
+  }
+
+  // The GPU's global timer in nanoseconds as the leader read it, broadcast to the block (a reduction: every thread
+  // must call it).
+  __device__ std::int64_t clock_ns() const {
+    const double t = leader() ? static_cast<double>(lvmmed_globaltimer_ns()) : -detail::kInf;
+    return static_cast<std::int64_t>(argmax({t, 0}).value);
   }
 
  private:

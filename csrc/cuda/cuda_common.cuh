@@ -13,10 +13,16 @@
 //   LVMMED_LAUNCH(grid, block, smem, stream, kernel)(args...)   is   kernel<<<grid, block, smem, stream>>>(args...)
 //   LVMMED_SHARED(T, name, [dims]);                              is   __shared__ T name[dims];
 //   LVMMED_DYNAMIC_SHARED(T, name);                              is   extern __shared__ __align__(8) T name[];
+// and the device's nanosecond timer (the %globaltimer register) is lvmmed_globaltimer_ns().
 #ifndef LVMMED_EMULATED
 #define LVMMED_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #define LVMMED_SHARED(T, name, dims) __shared__ T name dims
 #define LVMMED_DYNAMIC_SHARED(T, name) extern __shared__ __align__(8) T name[]
+__device__ __forceinline__ unsigned long long lvmmed_globaltimer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 #endif
 
 // Return the error of a launch or runtime call from the enclosing launcher.

@@ -18,7 +18,8 @@ bool needs_ga(const QAPSearchOptions& o) {
 
 TeamLaunch search_launch(QAPShape s, const QAPSearchOptions& o) {
   const index_t Es = s.has_edges ? s.Es : 0, Et = s.has_edges ? s.Et : 0;
-  const index_t bytes = detail::qap_layout(s.N, s.M, Es, Et, true, needs_ga(o)).bytes();
+  const bool dense = o.iterated && detail::dense_swaps(s, o.partial);
+  const index_t bytes = detail::qap_layout(s.N, s.M, Es, Et, true, needs_ga(o), dense).bytes();
   return plan_team_launch(s.G, bytes, std::min(kSearchThreads, team_threads(std::max(s.N * s.N / 4, s.M + s.N))));
 }
 
@@ -32,7 +33,7 @@ __global__ void __launch_bounds__(kSearchThreads, 2)
   const BlockTeam team{red};
   void* ws = use_smem ? static_cast<void*>(smem) : static_cast<void*>(workspace + blockIdx.x * bytes);
   for (index_t g = blockIdx.x; g < s.G; g += gridDim.x) {
-    auto c = detail::qap_search_at(detail::graph_of(in, s, g), ws, partial, true, need_ga);
+    auto c = detail::qap_search_at(detail::graph_of(in, s, g), ws, partial, true, need_ga, plan.dense);
     detail::search_solve(team, c, plan, init ? init + g * s.N * s.M : nullptr, assign + g * s.N,
                          static_cast<std::uint64_t>(g));
     team.sync();
@@ -45,7 +46,7 @@ cudaError_t launch(const QAPInputs<void>& in, const void* init, std::int64_t* as
   if (s.G == 0 || s.N == 0) return cudaSuccess;
   const TeamLaunch l = search_launch(s, o);
   LVMMED_CUDA_TRY(prepare_team_kernel(qap_search_kernel<T>, l));
-  const detail::SearchPlan plan = detail::make_search_plan(o, s.N, s.M);
+  const detail::SearchPlan plan = detail::make_search_plan(o, s);
   LVMMED_LAUNCH(l.blocks, l.threads, l.use_smem ? l.bytes : 0, stream, qap_search_kernel<T>)
   (typed_inputs<T>(in), static_cast<const T*>(init), assign, s, plan, o.partial, needs_ga(o),
    static_cast<unsigned char*>(workspace), l.bytes, l.use_smem);

@@ -1,5 +1,6 @@
 """``lvmmed bench [solver|affinity|loss|data|all] --device cpu|cuda --json OUT.json [--baseline OLD.json
---max-regression 10%]``: the benchmark suite, peers side by side, with a regression gate.
+--max-regression 10%]``: the benchmark suite, peers side by side, with a regression gate. ``lvmmed bench qaplib DIR
+[--budgets 1ms,10ms] [--max-n 50]``: the QAP solver on the QAPLIB instances of DIR (not part of ``all``).
 
 Every subject checks correctness first (a disagreement stops the run with exit code 1), then times with proper
 synchronisation (CUDA events on GPU; warm-up; medians of repeats; interleaved rounds where ratios are reported).
@@ -19,7 +20,7 @@ import torch
 
 from . import plots, report
 from .context import BenchmarkCorrectnessError, Context
-from .subjects import SUBJECTS
+from .subjects import ALL, NEEDS_DATA, SUBJECTS
 from .timing import environment
 
 
@@ -27,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="lvmmed bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("subjects", nargs="*", default=["all"], help=f"any of {sorted(SUBJECTS)} or 'all'")
+    ap.add_argument(
+        "subjects",
+        nargs="*",
+        default=["all"],
+        help=f"any of {sorted(SUBJECTS)} or 'all' (= {', '.join(ALL)}); a subject that reads data is followed by its "
+        + "folder: "
+        + ", ".join(f"'{k} DIR' ({v})" for k, v in NEEDS_DATA.items()),
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", metavar="OUT.json", help="write the results here")
     ap.add_argument("--baseline", metavar="OLD.json", help="compare against this earlier result (same device kind)")
@@ -54,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "around its launches); at most 3 repeats/rounds per case",
     )
     ap.add_argument("--profile-peers", action="store_true", help="with --profile: trace the slow per-graph peers too")
+    ap.add_argument(
+        "--budgets",
+        metavar="B,B",
+        help="qaplib: budgets per instance of our anytime search, a time limit ('10ms', '0.5s') or a move budget "
+        "('5000it'), comma-separated (default 1ms,3ms,10ms)",
+    )
+    ap.add_argument("--max-n", type=int, metavar="N", help="qaplib: the largest instances to run (default 50)")
     ap.add_argument("--markdown", action="store_true", help="print the results as Markdown tables")
     ap.add_argument("--write-md", metavar="FILE", help="replace the generated tables of this device kind in FILE")
     ap.add_argument("--from-json", metavar="R.json", help="do not run: render / gate / plot this saved result")
@@ -115,12 +130,39 @@ def _thread_limits(threads: int | None):
         torch.set_num_threads(before)
 
 
+def split_subjects(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The subject names of the command line and the folder that follows each subject in NEEDS_DATA."""
+    names, data = [], {}
+    k = 0
+    while k < len(words):
+        name = words[k]
+        names += ALL if name == "all" else [name]
+        if name in NEEDS_DATA:
+            if k + 1 == len(words) or words[k + 1] in SUBJECTS or words[k + 1] == "all":
+                raise ValueError(f"{name} needs {NEEDS_DATA[name]}: lvmmed bench {name} DIR")
+            data[name] = words[k + 1]
+            k += 1
+        k += 1
+    return list(dict.fromkeys(names)), data
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = sorted(SUBJECTS) if "all" in args.subjects else list(dict.fromkeys(args.subjects))
+    try:
+        names, data = split_subjects(args.subjects)
+    except ValueError as err:
+        print(f"lvmmed bench: {err}", file=sys.stderr)
+        return 2
     unknown = [n for n in names if n not in SUBJECTS]
     if unknown:
         print(f"lvmmed bench: unknown subject(s) {unknown}; choose from {sorted(SUBJECTS)} or 'all'", file=sys.stderr)
+        return 2
+    for name, folder in data.items():
+        if not os.path.isdir(folder):
+            print(f"lvmmed bench: {name}: {folder} is not a folder", file=sys.stderr)
+            return 2
+    if args.max_n is not None and args.max_n < 1:
+        print(f"lvmmed bench: --max-n must be >= 1, got {args.max_n}", file=sys.stderr)
         return 2
     if args.device == "cuda" and not args.from_json and not torch.cuda.is_available():
         print("lvmmed bench: --device cuda but no CUDA device is visible", file=sys.stderr)
@@ -151,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             memory=not args.no_memory,
             only=args.only,
             profile_peers=args.profile_peers,
+            data=data,
+            budgets=args.budgets.split(",") if args.budgets else None,
+            max_n=args.max_n,
         )
         try:
             with _thread_limits(threads):
@@ -159,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         except BenchmarkCorrectnessError as err:
             print(f"lvmmed bench: {err}", file=sys.stderr)
             return 1
+        except (OSError, ValueError) as err:  # unreadable data of a NEEDS_DATA subject, a bad --budgets entry
+            print(f"lvmmed bench: {err}", file=sys.stderr)
+            return 2
         env.update(quick=args.quick, profiled=bool(args.profile), notes=ctx.notes, subjects=names)
         if args.json:
             env["json"] = args.json
@@ -172,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     if args.write_md:
         kind = "cpu" if result["env"].get("device_kind") == "cpu" else "cuda"
+        if set(result["env"].get("subjects", [])) <= set(NEEDS_DATA):  # their own sections, e.g. "qaplib cpu"
+            kind = " ".join(result["env"]["subjects"] + [kind])
         try:
             report.write_md(args.write_md, kind, text)
         except (OSError, ValueError) as err:

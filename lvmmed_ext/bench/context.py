@@ -35,6 +35,9 @@ class Context:
     verbose: bool = True
     profiler: object = None  # the running torch.profiler.profile, set by the CLI under --profile
     profile_peers: bool = False  # also trace slow per-graph peers (pygmtools, scipy)
+    data: dict[str, str] = field(default_factory=dict)  # the folder of each subject that reads data (NEEDS_DATA)
+    budgets: list[str] | None = None  # per-instance budgets of the subjects that take them (qaplib)
+    max_n: int | None = None  # the largest instances of the qaplib subject
     notes: list[str] = field(default_factory=list)
 
     def log(self, text: str) -> None:

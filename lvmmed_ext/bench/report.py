@@ -185,7 +185,8 @@ def markdown_report(data: dict, json_path: str | None = None) -> str:
 
 
 def markers(kind: str) -> tuple[str, str]:
-    """The comment lines that delimit the generated tables of a device kind ('cpu' or 'cuda') in BENCHMARKS.md."""
+    """The comment lines that delimit the generated tables of a device kind ('cpu' or 'cuda'; 'qaplib cpu' for the
+    tables of a subject that reads data) in BENCHMARKS.md."""
     return (
         f"<!-- lvmmed bench: {kind} tables begin (generated: do not edit by hand) -->",
         f"<!-- lvmmed bench: {kind} tables end -->",

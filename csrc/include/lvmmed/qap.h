@@ -47,14 +47,16 @@ QAPInputs<T> typed_inputs(const QAPInputs<void>& in) {
   return t;
 }
 
-// What qap_search runs per graph (method "ls", "ils" and the polish of the batched methods).
+// What qap_search runs per graph (methods "ls", "ils", "its" and the polish of the batched methods).
 struct QAPSearchOptions {
   bool partial = false;     // row/column sums <= 1 (unmatched contributes 0) instead of every row matched
   bool multistart = true;   // LAP(unary) + softassign starts; false: only descend (+ tabu) from `init`
   int ga_steps = 4;         // softassign annealing steps of the softassign starts (0: none)
   int sinkhorn_iters = 5;   // Sinkhorn iterations per softassign step
-  int tabu_iters = 0;       // tabu-search moves after the descents (0: none)
+  int tabu_iters = 0;       // tabu-search moves after the descents (0: none); iterated: the moves of all phases
   int kicks = 0;            // random-kick restarts of the iterated local search (method "ils")
+  bool iterated = false;    // iterated robust tabu search (method "its"): tabu phases from perturbed best solutions
+  double time_limit = 0;    // seconds per graph (0: none); the search stops its moves once they are spent
   std::uint64_t seed = 0;   // seeds the kicks (counter-based, per graph: deterministic and thread-independent)
   index_t max_descent = 0;  // cap on the moves of one descent (0: 16 * N * (M + 1) + 64)
 };

@@ -247,6 +247,9 @@ Launcher<P...> make_launcher(const char* name, void (*kernel)(P...), dim3 grid, 
 #define __all_sync(mask, pred) \
   static_cast<int>(::lvmmed::emu::vote(__FILE__, __LINE__, ::lvmmed::emu::Shfl::All, (mask), (pred)))
 
+// The %globaltimer register (cuda_common.cuh reads it by inline PTX): the host's steady clock in nanoseconds.
+unsigned long long lvmmed_globaltimer_ns();
+
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;

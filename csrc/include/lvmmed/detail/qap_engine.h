@@ -60,8 +60,8 @@ struct Adjacency {
 
 // Byte layout of the workspace of one team. Doubles first, then ints; every block 8-byte aligned.
 struct QAPLayout {
-  index_t U, L, Lb, X, S, Z, rs, cs, lapd;                             // double offsets (in doubles)
-  index_t pi, inv, best, keep, rows, tabu, adj_s, adj_t, pairs, lapi;  // int offsets (in ints, after the doubles)
+  index_t U, L, Lb, X, S, Z, rs, cs, lapd, Ad, At, P, Pt, D, TT, TM, dv, popf;  // double offsets (in doubles)
+  index_t pi, inv, best, keep, rows, tabu, adj_s, adj_t, pairs, lapi, pop;      // int offsets (after the doubles)
   index_t n_doubles, n_ints;
   LVMMED_HD_FN index_t bytes() const { return 8 * n_doubles + 4 * n_ints + 8; }
 };
@@ -70,8 +70,13 @@ LVMMED_HD_FN index_t round2(index_t n) {
   return (n + 1) / 2 * 2;
 }
 
-// need_search: the local-search state (L, pi, tabu, target pair table); need_ga: the softassign buffers.
-LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, bool need_search, bool need_ga) {
+// Members of the population of the dense iterated tabu search.
+constexpr int kMaxPopulation = 16;
+
+// need_search: the local-search state (L, pi, tabu, target pair table); need_ga: the softassign buffers;
+// need_dense: the swap-gain state of the dense iterated tabu search (N = M, see "Dense swap gains" below).
+LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, bool need_search, bool need_ga,
+                                  bool need_dense = false) {
   QAPLayout l{};
   index_t d = 0;
   const index_t NM = N * M;
@@ -94,6 +99,25 @@ LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, 
   d += need_ga ? M + 1 : 0;
   l.lapd = d;
   d += lap_doubles(big, M + N);
+  const index_t NN = need_dense ? N * N : 0;
+  l.Ad = d;
+  d += NN;
+  l.At = d;
+  d += NN;
+  l.P = d;
+  d += NN;
+  l.Pt = d;
+  d += NN;
+  l.D = d;
+  d += NN;
+  l.TT = d;
+  d += NN;
+  l.TM = d;
+  d += NN;
+  l.dv = d;
+  d += need_dense ? 8 * N : 0;
+  l.popf = d;
+  d += need_dense ? kMaxPopulation : 0;
   l.n_doubles = d;
   index_t k = 0;
   l.pi = k;
@@ -116,6 +140,8 @@ LVMMED_HD_FN QAPLayout qap_layout(index_t N, index_t M, index_t Es, index_t Et, 
   k += (need_search && Et > 0) ? round2(M * M + Et) : 0;
   l.lapi = k;
   k += round2(lap_ints(big, M + N));
+  l.pop = k;
+  k += need_dense ? round2(kMaxPopulation * N) : 0;
   l.n_ints = k;
   return l;
 }
@@ -281,12 +307,20 @@ struct QAPSearch {
   int* tnext;   // [Et] next target edge with the same pair, -1 at the end
   Adjacency as, at;
   LapWork lap;
+  // Dense swap gains (N = M): A' and A'^T, P = B'[pi, pi] and P^T, gains D, 8 vectors of N (dense_swap);
+  // TT[u,v] = the move until which row u may not take the column of row v, TM[u,v] = min(TT[u,v], TT[v,u]) (u < v:
+  // the swap is tabu until then; doubles, so that the pick scans doubles only). sym: A' and B' symmetric.
+  double *Ad, *At, *P, *Pt, *D, *dv;
+  double *TT, *TM;
+  bool sym, has_unary;
+  int* pop;      // [kMaxPopulation, N] the population of the dense iterated tabu search
+  double* popf;  // [kMaxPopulation] their objectives
 };
 
 template <typename T>
-LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool partial, bool need_search,
-                                          bool need_ga) {
-  const QAPLayout l = qap_layout(g.N, g.M, g.Es, g.Et, need_search, need_ga);
+LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool partial, bool need_search, bool need_ga,
+                                          bool need_dense = false) {
+  const QAPLayout l = qap_layout(g.N, g.M, g.Es, g.Et, need_search, need_ga, need_dense);
   double* d = static_cast<double*>(ws);
   int* k = reinterpret_cast<int*>(d + l.n_doubles);
   QAPSearch<T> c;
@@ -314,6 +348,17 @@ LVMMED_TEAM_FN QAPSearch<T> qap_search_at(const QAPGraph<T>& g, void* ws, bool p
   c.tfirst = k + l.pairs;
   c.tnext = c.tfirst + static_cast<index_t>(g.M) * g.M;
   c.lap = lap_work_at(d + l.lapd, k + l.lapi, vmax(g.N, g.M), g.M + g.N);
+  c.Ad = d + l.Ad;
+  c.At = d + l.At;
+  c.P = d + l.P;
+  c.Pt = d + l.Pt;
+  c.D = d + l.D;
+  c.dv = d + l.dv;
+  c.TT = d + l.TT;
+  c.TM = d + l.TM;
+  c.sym = c.has_unary = false;
+  c.pop = k + l.pop;
+  c.popf = d + l.popf;
   return c;
 }
 
@@ -637,12 +682,28 @@ LVMMED_TEAM_FN void copy_ints(const Team& team, int* dst, const int* src, int n)
 // From this many rows on, the serial pair scan works on gathered pair-ordered matrices (contiguous rows).
 constexpr int kMatrixScanMin = 48;
 
+// The per-problem time limit of a search: started when the team begins the problem; limit_ns <= 0: none.
+struct Stopwatch {
+  std::int64_t start_ns, limit_ns;
+};
+
+// Whether the time limit is spent (the same answer on every thread of the team; every thread must call it).
+template <class Team>
+LVMMED_TEAM_FN bool time_up(const Team& team, const Stopwatch& w) {
+  return w.limit_ns > 0 && team.clock_ns() - w.start_ns >= w.limit_ns;
+}
+
+// Moves between two looks at the clock.
+constexpr int kClockEvery = 16;
+
 // Best-improvement search from c.pi (L, f current). tenure = 0: steepest descent until no gain > eps (at most
 // max_moves moves). tenure > 0: tabu search, max_moves moves of the best non-tabu move (improving or not; a tabu
 // move is allowed when it beats the best found), a row may not return to a column it left for `tenure` moves.
-// Leaves the best assignment found in c.pi (with L) and returns its objective.
+// Stops early when the time limit of `watch` is spent. Leaves the best assignment found in c.pi (with L) and returns
+// its objective.
 template <class Team, typename T>
-LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, index_t max_moves, int tenure) {
+LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, index_t max_moves, int tenure,
+                                   const Stopwatch& watch) {
   const int N = c.g.N, M = c.g.M;
   const bool tabu = tenure > 0;
   const index_t NM = static_cast<index_t>(N) * M;
@@ -709,6 +770,7 @@ LVMMED_TEAM_FN double local_search(const Team& team, QAPSearch<T>& c, double f, 
   }
   const bool relocate = c.partial || N < M;  // free columns (every row stays matched unless partial) or unmatching
   for (index_t it = 0; it < max_moves; ++it) {
+    if (watch.limit_ns > 0 && it % kClockEvery == kClockEvery - 1 && time_up(team, watch)) break;
     const auto allowed = [&](int r, int col, double gain) {
       if (!tabu) return true;
       return c.tabu[static_cast<index_t>(r) * (M + 1) + (col < 0 ? M : col)] < it || f + gain > best_f + c.eps;
@@ -967,7 +1029,7 @@ LVMMED_TEAM_FN void softassign(const Team& team, QAPSearch<T>& c, const Softassi
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// The driver: multi-start descent + tabu search + optional random-kick restarts; the best assignment -> out.
+// The plan of a search.
 
 struct SearchPlan {
   bool multistart;
@@ -975,6 +1037,13 @@ struct SearchPlan {
   int tabu_iters, tenure, kicks, kick_size;
   index_t max_descent;
   std::uint64_t seed;
+  // iterated tabu search (method "its"): dense = on the dense swap gains (dense_its: tenures drawn in [tenure_lo,
+  // tenure_hi], a tabu entry older than `aspiration` moves aspires, a phase ends after `stall` moves without a new
+  // best of the phase, `population` members); else generic_its (phases of `stall` moves, tenures in [tenure_lo,
+  // tenure_hi], kicks of kick_lo..kick_hi swaps)
+  bool iterated, dense;
+  int tenure_lo, tenure_hi, aspiration, stall, kick_lo, kick_hi, population;
+  std::int64_t time_limit_ns;  // per problem, 0: none
 };
 
 LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
@@ -984,8 +1053,15 @@ LVMMED_HD_FN std::uint64_t mix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// Whether the iterated tabu search of a batch runs on the dense swap gains: a square Koopmans-Beckmann problem
+// without an edge term, every row matched.
+LVMMED_HD_FN bool dense_swaps(const QAPShape& s, bool partial) {
+  return s.has_kb && !(s.has_edges && s.Es > 0 && s.Et > 0) && !partial && s.N == s.M;
+}
+
 // The plan of a search from the user-facing options (host side, shared by the CPU and CUDA launchers).
-inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t M) {
+inline SearchPlan make_search_plan(const QAPSearchOptions& o, const QAPShape& s) {
+  const index_t N = s.N, M = s.M;
   SearchPlan p;
   p.multistart = o.multistart;
   p.ga = {o.multistart ? o.ga_steps : 0, o.sinkhorn_iters, 2.0, 40.0};
@@ -995,20 +1071,487 @@ inline SearchPlan make_search_plan(const QAPSearchOptions& o, index_t N, index_t
   p.kick_size = static_cast<int>(vmin<index_t>(vmax<index_t>(N / 8, 2), 8));
   p.max_descent = o.max_descent > 0 ? o.max_descent : 16 * N * (M + 1) + 64;
   p.seed = o.seed;
+  p.iterated = o.iterated;
+  p.dense = o.iterated && dense_swaps(s, o.partial);
+  if (p.dense) {  // robust tabu search: tenures around N (Taillard 1991); aspiration by age after 4 N^2 moves
+    p.tenure_lo = static_cast<int>(vmax<index_t>(9 * N / 10, 1));
+    p.tenure_hi = static_cast<int>(vmax<index_t>(11 * N / 10, p.tenure_lo + 1));
+    p.aspiration = static_cast<int>(vmin<index_t>(4 * N * N, 1 << 28));
+    p.stall = static_cast<int>(vmax<index_t>(4 * N, 32));
+  } else {  // the local search's tabu rule (either row tabu): shorter tenures
+    p.tenure_lo = p.tenure;
+    p.tenure_hi = 2 * p.tenure;
+    p.aspiration = 0;
+    p.stall = static_cast<int>(vmax<index_t>(4 * N, 32));
+  }
+  p.kick_lo = static_cast<int>(vmax<index_t>(N / 10, 2));
+  p.kick_hi = static_cast<int>(vmax<index_t>(N / 4, p.kick_lo));
+  p.population = 8;
+  p.time_limit_ns = o.time_limit > 0 ? static_cast<std::int64_t>(o.time_limit * 1e9) : 0;
   return p;
+}
+
+// The next of a counter-based random stream (replicated: every thread of a team draws the same numbers).
+LVMMED_TEAM_FN int draw(std::uint64_t& state, int n) {
+  state = mix64(state);
+  return static_cast<int>(state % static_cast<std::uint64_t>(n));
+}
+
+// Two distinct rows r < s drawn at random (N > 1).
+LVMMED_TEAM_FN void draw_pair(std::uint64_t& state, int N, int& r, int& s) {
+  r = draw(state, N);
+  s = draw(state, N - 1);
+  s += s >= r;
+  if (s < r) {
+    const int t = r;
+    r = s;
+    s = t;
+  }
+}
+
+// The random stream of a problem's event (a kick, a move), the same for any thread count.
+LVMMED_TEAM_FN std::uint64_t stream_of(const SearchPlan& plan, std::uint64_t graph_id, std::uint64_t event) {
+  return mix64(plan.seed ^ mix64(graph_id * 0x100000001B3ull + event));
 }
 
 // Descent from c.pi; keeps it in c.keep when it beats best_f (then `kept` is set: the search state is c.keep).
 // Returns the new best objective.
 template <class Team, typename T>
-LVMMED_TEAM_FN double try_start(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f, bool& kept) {
+LVMMED_TEAM_FN double try_start(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f, bool& kept,
+                                const Stopwatch& w) {
   set_inverse(team, c);
   double f = linearise(team, c);
-  f = local_search(team, c, f, plan.max_descent, 0);
+  f = local_search(team, c, f, plan.max_descent, 0, w);
   kept = f > best_f + c.eps;
   if (kept) {
     copy_ints(team, c.keep, c.pi, c.g.N);
     return f;
+  }
+  return best_f;
+}
+
+// `swaps` random swaps of the columns of two rows of c.pi (c.inv and L are left stale).
+template <class Team, typename T>
+LVMMED_TEAM_FN void kick(const Team& team, QAPSearch<T>& c, std::uint64_t state, int swaps) {
+  if (team.leader() && c.g.N > 1) {
+    for (int k = 0; k < swaps; ++k) {
+      int r, s;
+      draw_pair(state, c.g.N, r, s);
+      const int t = c.pi[r];
+      c.pi[r] = c.pi[s];
+      c.pi[s] = t;
+    }
+  }
+  team.sync();
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Dense swap gains: the iterated tabu search of a square Koopmans-Beckmann problem without edges, every row
+// matched. With A' = A and B' = B, or one of them replaced by its symmetric part when the other is symmetric (the
+// objective is unchanged), and P = B'[pi, pi] (P[u,v] = B'[pi u, pi v]), the gain of swapping the columns of rows
+// x and v is
+//   D[x,v] = U[x,pi v] + U[v,pi x] - U[x,pi x] - U[v,pi v]
+//          + sum_{k != x,v} (A'[x,k] - A'[v,k]) (P[v,k] - P[x,k]) + (A'[k,x] - A'[k,v]) (P[k,v] - P[k,x])
+//          + (A'[x,x] - A'[v,v]) (P[v,v] - P[x,x]) + (A'[x,v] - A'[v,x]) (P[v,x] - P[x,v]).
+// Written with the sums over every k, a whole row x of gains is t[v] - e[x] - e[v] plus O(1) terms, where
+//   t[v] = sum_k A'[x,k] P[v,k] + P[x,k] A'[v,k] + A'[k,x] P[k,v] + P[k,x] A'[k,v]   (four transposed mat-vecs)
+//   e[v] = sum_k A'[v,k] P[v,k] + A'[k,v] P[k,v]                                        (kept up to date).
+// After a swap of rows r and s, with c = A'[:,r] - A'[:,s], e = A'[r,:] - A'[s,:], g = P[:,s] - P[:,r] and
+// h = P[s,:] - P[r,:] taken before it, the gain of two other rows u, v changes by O(1) (Taillard's update)
+//   D[u,v] += (c[u] - c[v]) (g[v] - g[u]) + (e[u] - e[v]) (h[v] - h[u]),
+// and e[v] by c[v] g[v] + e[v] h[v]. A move thus costs O(N^2): that update, two rows and columns of P swapped,
+// and the rows r and s of gains.
+
+// The scratch vectors of the dense search: the four gathered differences of a swap, e, the row t, and the diagonals
+// A'[v,v] and P[v,v].
+struct DenseVectors {
+  double *c, *e, *g, *h, *diag, *t, *dA, *dP;
+};
+template <typename T>
+LVMMED_TEAM_FN DenseVectors dense_vectors(const QAPSearch<T>& c) {
+  const int N = c.g.N;
+  return {c.dv, c.dv + N, c.dv + 2 * N, c.dv + 3 * N, c.dv + 4 * N, c.dv + 5 * N, c.dv + 6 * N, c.dv + 7 * N};
+}
+
+// Below: the per-element formulas of the dense search, shared by the team code and the serial team's vectorised
+// loops (csrc/cpu/qap_search.cpp).
+
+// Taillard's O(1) change of the gain of rows u, v when rows r, s swap (see above), from c, e, g, h at u and v.
+LVMMED_HD_FN double swap_gain_delta(double cu, double eu, double gu, double hu, double cv, double ev, double gv,
+                                    double hv) {
+  return (cu - cv) * (gv - gu) + (eu - ev) * (hv - hu);
+}
+
+// The gain of rows x and v without the unary term, from t[v], e[x], e[v] and the O(1) terms: axx = A'[x,x],
+// pxx = P[x,x], axv = A'[x,v], avx = A'[v,x], pxv = P[x,v], pvx = P[v,x], avv = A'[v,v], pvv = P[v,v].
+LVMMED_HD_FN double dense_row_gain(double tv, double ex, double ev, double axx, double pxx, double axv, double avx,
+                                   double pxv, double pvx, double avv, double pvv, bool sym) {
+  // the terms k = x and k = v of the full sums in t - e[x] - e[v], and the diagonal terms
+  double outer = (axx - avx) * (pvx - pxx) + (axv - avv) * (pvv - pxv);
+  outer += sym ? outer : (axx - axv) * (pxv - pxx) + (avx - avv) * (pvv - pvx);
+  const double inner = (axx - avv) * (pvv - pxx) + (axv - avx) * (pvx - pxv);
+  return (sym ? 2 * tv : tv) - ex - ev - outer + inner;
+}
+
+// The class of a swap of gain d whose rows are tabu until move tm (the earlier of the two) in a robust tabu step:
+// 0 aspired (d > need, or tm < old: a tabu entry older than the aspiration), 1 authorised (not both rows tabu at
+// move `now`), 2 tabu.
+LVMMED_HD_FN bool swap_aspired(double d, double tm, double need, double old) {
+  return vmax(d - need, old - tm) > 0;  // branch-free: the serial scan vectorises
+}
+LVMMED_HD_FN int swap_class(double d, double tm, double need, double old, double now) {
+  return swap_aspired(d, tm, need, old) ? 0 : (tm < now ? 1 : 2);
+}
+
+// A' and A'^T in double, c.sym (A' and B' symmetric: the transposed half of t and e is the first one again).
+// Returns whether P is built from the symmetric part of B.
+template <class Team, typename T>
+LVMMED_TEAM_FN bool dense_setup(const Team& team, QAPSearch<T>& c) {
+  const int N = c.g.N;
+  const index_t NN = static_cast<index_t>(N) * N;
+  Best asym = no_best(), bsym = no_best();
+  team.range(NN, [&](index_t k) {
+    const int i = static_cast<int>(k / N), j = static_cast<int>(k % N);
+    if (Av(c, i, j) != Av(c, j, i)) offer(asym, 1.0, 0);
+    if (Bv(c, i, j) != Bv(c, j, i)) offer(bsym, 1.0, 0);
+  });
+  const bool a_sym = team.argmax(asym).value <= 0, b_sym = team.argmax(bsym).value <= 0;
+  c.sym = a_sym || b_sym;
+  team.range(NN, [&](index_t k) {
+    const int i = static_cast<int>(k / N), j = static_cast<int>(k % N);
+    const double a = (b_sym && !a_sym) ? 0.5 * (Av(c, i, j) + Av(c, j, i)) : Av(c, i, j);
+    c.Ad[k] = a;
+    c.At[static_cast<index_t>(j) * N + i] = a;
+  });
+  const DenseVectors dv = dense_vectors(c);
+  team.range(N, [&](index_t i) { dv.dA[i] = Av(c, static_cast<int>(i), static_cast<int>(i)); });
+  c.has_unary = max_abs(team, c.U, NN) > 0;
+  team.sync();
+  return a_sym && !b_sym;
+}
+
+// e[x] (see above) for one row.
+template <typename T>
+LVMMED_TEAM_FN double dense_diag(const QAPSearch<T>& c, int x) {
+  const int N = c.g.N;
+  const index_t xN = static_cast<index_t>(x) * N;
+  double e = 0;
+  for (int k = 0; k < N; ++k) e += c.Ad[xN + k] * c.P[xN + k];
+  if (!c.sym)
+    for (int k = 0; k < N; ++k) e += c.At[xN + k] * c.Pt[xN + k];
+  return c.sym ? 2 * e : e;
+}
+
+// The gains of row x against every row v > x (after: only those v, else every v but x and `skip`) -> D.
+template <class Team, typename T>
+LVMMED_TEAM_FN void dense_row(const Team& team, QAPSearch<T>& c, int x, int skip, bool upper_only) {
+  const int N = c.g.N;
+  const index_t xN = static_cast<index_t>(x) * N;
+  const DenseVectors dv = dense_vectors(c);
+  if constexpr (Team::kSerial) {
+    for (int v = 0; v < N; ++v) dv.t[v] = 0;
+    team.transposed_matvec2(dv.t, c.Pt, c.Ad + xN, c.At, c.P + xN, N);
+    if (!c.sym) team.transposed_matvec2(dv.t, c.P, c.At + xN, c.Ad, c.Pt + xN, N);
+  } else {
+    team.range(N, [&](index_t v) {
+      double t = 0;
+      for (int k = 0; k < N; ++k) {
+        const index_t kN = static_cast<index_t>(k) * N;
+        t += c.Ad[xN + k] * c.Pt[kN + v] + c.P[xN + k] * c.At[kN + v];
+        if (!c.sym) t += c.At[xN + k] * c.P[kN + v] + c.Pt[xN + k] * c.Ad[kN + v];
+      }
+      dv.t[v] = t;
+    });
+    team.sync();
+  }
+  const double *ax = c.Ad + xN, *px = c.P + xN, *atx = c.At + xN, *ptx = c.Pt + xN;
+  if constexpr (Team::kSerial) {
+    team.dense_row_gains(dv.t, ax, px, atx, ptx, dv.dA, dv.dP, dv.diag, x, c.sym, N);
+  } else {
+    team.range(N, [&](index_t v) {
+      dv.t[v] = dense_row_gain(dv.t[v], dv.diag[x], dv.diag[v], ax[x], px[x], ax[v], atx[v], px[v], ptx[v], dv.dA[v],
+                               dv.dP[v], c.sym);
+    });
+    team.sync();
+  }
+  const double* Ux = c.U + xN;
+  const int a = c.pi[x];
+  team.range(N, [&](index_t vi) {  // + the unary term -> D[min(x,v), max(x,v)]
+    const int v = static_cast<int>(vi);
+    if (v == x || v == skip || (upper_only && v < x)) return;
+    double d = dv.t[v];
+    if (c.has_unary) {
+      const index_t vN = static_cast<index_t>(v) * N;
+      const int b = c.pi[v];
+      d += Ux[b] + c.U[vN + a] - Ux[a] - c.U[vN + b];
+    }
+    const index_t k = static_cast<index_t>(vmin(x, v)) * N + vmax(x, v);
+    c.D[k] = d;
+    c.TM[k] = vmin(c.TT[xN + v], c.TT[static_cast<index_t>(v) * N + x]);
+  });
+  team.sync();
+}
+
+// P, P^T, e and every gain D[u,v] (u < v) for c.pi; half_b: P from the symmetric part of B. Returns f(pi).
+template <class Team, typename T>
+LVMMED_TEAM_FN double dense_build(const Team& team, QAPSearch<T>& c, bool half_b) {
+  const int N = c.g.N;
+  const index_t NN = static_cast<index_t>(N) * N;
+  const DenseVectors dv = dense_vectors(c);
+  team.range(NN, [&](index_t k) {
+    const int u = static_cast<int>(k / N), v = static_cast<int>(k % N);
+    const int a = c.pi[u], b = c.pi[v];
+    const double p = half_b ? 0.5 * (Bv(c, a, b) + Bv(c, b, a)) : Bv(c, a, b);
+    c.P[k] = p;
+    c.Pt[static_cast<index_t>(v) * N + u] = p;
+    if (u >= v) c.D[k] = -kInf;  // never a move (the serial pick scans the whole matrix)
+    if (u == v) dv.dP[u] = p;
+  });
+  team.sync();
+  team.range(N, [&](index_t x) { dv.diag[x] = dense_diag(c, static_cast<int>(x)); });
+  team.sync();
+  for (int x = 0; x + 1 < N; ++x) dense_row(team, c, x, -1, true);
+  // f = sum_x U[x,pi x] + e[x] / 2, summed in row order by every thread
+  double f = 0;
+  for (int x = 0; x < N; ++x) f += c.U[static_cast<index_t>(x) * N + c.pi[x]] + 0.5 * dv.diag[x];
+  team.sync();
+  return f;
+}
+
+// Swaps the columns of rows r < s: the gains, P, P^T, e, pi, inv, and the tabu tables (columns r, s of TT swapped,
+// then r may not return to its old column before move tr, s to its before ts).
+template <class Team, typename T>
+LVMMED_TEAM_FN void dense_swap(const Team& team, QAPSearch<T>& c, int r, int s, double tr, double ts) {
+  const int N = c.g.N;
+  const DenseVectors dv = dense_vectors(c);
+  const index_t rN = static_cast<index_t>(r) * N, sN = static_cast<index_t>(s) * N;
+  team.range(N, [&](index_t w) {
+    dv.c[w] = c.At[rN + w] - c.At[sN + w];
+    dv.e[w] = c.Ad[rN + w] - c.Ad[sN + w];
+    dv.g[w] = c.Pt[sN + w] - c.Pt[rN + w];
+    dv.h[w] = c.P[sN + w] - c.P[rN + w];
+    dv.diag[w] += dv.c[w] * dv.g[w] + dv.e[w] * dv.h[w];  // rows r and s are recomputed below
+  });
+  team.sync();
+  // O(1) updates of every pair (those with r or s are recomputed below)
+  if constexpr (Team::kSerial) {
+    team.swap_gain_update(c.D, dv.c, dv.e, dv.g, dv.h, N);
+  } else {
+    team.range(static_cast<index_t>(N) * N, [&](index_t k) {
+      const int u = static_cast<int>(k / N), v = static_cast<int>(k % N);
+      if (u < v) c.D[k] += swap_gain_delta(dv.c[u], dv.e[u], dv.g[u], dv.h[u], dv.c[v], dv.e[v], dv.g[v], dv.h[v]);
+    });
+  }
+  // rows r, s of P and P^T, then their columns of P, P^T, TT
+  team.range(N, [&](index_t w) {
+    double t = c.P[rN + w];
+    c.P[rN + w] = c.P[sN + w];
+    c.P[sN + w] = t;
+    t = c.Pt[rN + w];
+    c.Pt[rN + w] = c.Pt[sN + w];
+    c.Pt[sN + w] = t;
+  });
+  team.sync();
+  team.range(N, [&](index_t w) {
+    const index_t wN = w * N;
+    double t = c.P[wN + r];
+    c.P[wN + r] = c.P[wN + s];
+    c.P[wN + s] = t;
+    t = c.Pt[wN + r];
+    c.Pt[wN + r] = c.Pt[wN + s];
+    c.Pt[wN + s] = t;
+    t = c.TT[wN + r];
+    c.TT[wN + r] = c.TT[wN + s];
+    c.TT[wN + s] = t;
+  });
+  if (team.leader()) {
+    const int t = c.pi[r];
+    c.pi[r] = c.pi[s];
+    c.pi[s] = t;
+    c.inv[c.pi[r]] = r;
+    c.inv[c.pi[s]] = s;
+    const double p = dv.dP[r];
+    dv.dP[r] = dv.dP[s];
+    dv.dP[s] = p;
+  }
+  team.sync();
+  if (team.leader()) {  // r left the column s now holds, s the one r holds
+    c.TT[rN + s] = tr;
+    c.TT[sN + r] = ts;
+  }
+  team.sync();
+  team.range(2, [&](index_t k) { dv.diag[k == 0 ? r : s] = dense_diag(c, k == 0 ? r : s); });
+  team.sync();
+  dense_row(team, c, r, -1, false);
+  dense_row(team, c, s, r, false);
+}
+
+// The move of a robust tabu step `it` (objective f, best found best_f): the best aspired swap -- one reaching a new
+// best, or one moving a row to a column its tabu entry has not named for `aspiration` moves -- else the best
+// authorised one (not both rows tabu), else the best one. Returns the code u * N + v (u < v), kNoCode if none.
+// No tabu entry is below `floor` (the phase's reset value).
+template <class Team, typename T>
+LVMMED_TEAM_FN std::int64_t dense_pick(const Team& team, const QAPSearch<T>& c, int it, double f, double best_f,
+                                       int aspiration, int floor) {
+  const int N = c.g.N;
+  const double need = best_f + c.eps - f;  // an aspired gain exceeds this
+  const int old = it - aspiration;
+  if constexpr (Team::kSerial) {  // D's lower triangle and diagonal hold -kInf (dense_build): never a candidate
+    return team.dense_pick(c.D, c.TM, static_cast<index_t>(N) * N, need, old > floor ? old : -kInf, it).code;
+  } else {
+    Best best[3] = {no_best(), no_best(), no_best()};
+    team.range(static_cast<index_t>(N) * N, [&](index_t k) {
+      if (k / N < k % N) offer(best[swap_class(c.D[k], c.TM[k], need, old, it)], c.D[k], k);
+    });
+    Best b = team.argmax(best[0]);
+    if (b.code == kNoCode) b = team.argmax(best[1]);
+    if (b.code == kNoCode) b = team.argmax(best[2]);
+    return b.code;
+  }
+}
+
+// pi <- the start of phase `phase` of the dense search: the best start (phase 0), a random assignment (while the
+// population fills), or a crossover of two members (their common columns kept, the other rows given the remaining
+// columns in random order).
+template <class Team, typename T>
+LVMMED_TEAM_FN void phase_start(const Team& team, QAPSearch<T>& c, int phase, int members, int population,
+                                std::uint64_t state) {
+  const int N = c.g.N;
+  if (phase == 0) {
+    copy_ints(team, c.pi, c.keep, N);
+    return;
+  }
+  if (team.leader()) {
+    int* free_cols = c.rows;
+    int n_free = 0;
+    if (members < population) {
+      for (int i = 0; i < N; ++i) {
+        c.pi[i] = -1;
+        free_cols[n_free++] = i;
+      }
+    } else {
+      const int a = draw(state, members);
+      int b = draw(state, members - 1);
+      b += b >= a;
+      const int *pa = c.pop + static_cast<index_t>(a) * N, *pb = c.pop + static_cast<index_t>(b) * N;
+      for (int i = 0; i < N; ++i) c.inv[i] = -1;
+      for (int i = 0; i < N; ++i) {
+        c.pi[i] = pa[i] == pb[i] ? pa[i] : -1;
+        if (c.pi[i] >= 0) c.inv[c.pi[i]] = i;
+      }
+      for (int a2 = 0; a2 < N; ++a2)
+        if (c.inv[a2] < 0) free_cols[n_free++] = a2;
+    }
+    for (int k = n_free - 1; k > 0; --k) {  // Fisher-Yates
+      const int j = draw(state, k + 1), t = free_cols[k];
+      free_cols[k] = free_cols[j];
+      free_cols[j] = t;
+    }
+    for (int i = 0, k = 0; i < N; ++i)
+      if (c.pi[i] < 0) c.pi[i] = free_cols[k++];
+  }
+  team.sync();
+}
+
+// Memetic iterated robust tabu search on the dense swap gains from c.keep (objective best_f). Every phase is a
+// robust tabu search (Taillard 1991: a tenure drawn at random in [tenure_lo, tenure_hi] per move, a swap is tabu
+// when both rows would return to a column they left within their tenure, aspiration by a new best of the phase or
+// by a tabu entry older than `aspiration` moves) that ends after `stall` moves without a new best of the phase. It
+// starts from the best start, then from random assignments until the population is full, then from crossovers of
+// two random members; its best assignment replaces the worst member when it is better and its objective is new.
+// Stops after tabu_iters moves in all or when the time limit is spent. The best assignment -> c.keep; returns its
+// objective.
+template <class Team, typename T>
+LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f,
+                                std::uint64_t graph_id, const Stopwatch& w) {
+  const int N = c.g.N;
+  const index_t NN = static_cast<index_t>(N) * N;
+  if (N < 2 || plan.tabu_iters <= 0) return best_f;
+  const bool half_b = dense_setup(team, c);
+  int it = 0, members = 0;
+  bool stop = false;
+  for (int phase = 0; it < plan.tabu_iters && !stop; ++phase) {
+    if (phase > 0 && time_up(team, w)) break;
+    phase_start(team, c, phase, members, plan.population, stream_of(plan, graph_id, 2 * phase));
+    set_inverse(team, c);
+    const int floor = it - 1;
+    team.range(NN, [&](index_t k) { c.TT[k] = c.TM[k] = floor; });
+    team.sync();
+    double f = dense_build(team, c, half_b);
+    copy_ints(team, c.best, c.pi, N);
+    double phase_f = f;
+    int last_best = it;
+    std::uint64_t state = stream_of(plan, graph_id, 2 * phase + 1);
+    for (; it < plan.tabu_iters; ++it) {
+      if (w.limit_ns > 0 && it % kClockEvery == 0 && time_up(team, w)) {
+        stop = true;
+        break;
+      }
+      const std::int64_t code = dense_pick(team, c, it, f, phase_f, plan.aspiration, floor);
+      if (code == kNoCode) {
+        stop = true;
+        break;
+      }
+      const int r = static_cast<int>(code / N), s = static_cast<int>(code % N);
+      f += c.D[code];
+      const int span = plan.tenure_hi - plan.tenure_lo + 1;
+      const int tr = it + plan.tenure_lo + draw(state, span), ts = it + plan.tenure_lo + draw(state, span);
+      dense_swap(team, c, r, s, tr, ts);
+      if (f > phase_f + c.eps) {
+        phase_f = f;
+        copy_ints(team, c.best, c.pi, N);
+        last_best = it;
+      } else if (it - last_best >= plan.stall) {
+        ++it;
+        break;
+      }
+    }
+    if (phase_f > best_f + c.eps) {
+      best_f = phase_f;
+      copy_ints(team, c.keep, c.best, N);
+    }
+    // the phase's best into the population: appended while it fills, else in place of the worst member
+    int slot = members < plan.population ? members : 0;
+    bool fresh = true;
+    for (int m = 0; m < members; ++m) {
+      fresh = fresh && vabs(c.popf[m] - phase_f) > c.eps;
+      if (members == plan.population && c.popf[m] < c.popf[slot]) slot = m;
+    }
+    if (fresh && (members < plan.population || phase_f > c.popf[slot] + c.eps)) {
+      team.range(N, [&](index_t i) { c.pop[static_cast<index_t>(slot) * N + i] = c.best[i]; });
+      if (team.leader()) c.popf[slot] = phase_f;
+      team.sync();
+      members += members < plan.population;
+    }
+  }
+  return best_f;
+}
+
+// Iterated tabu search of any other problem (the local search's moves and tabu rule): phases of `stall` tabu moves
+// with a tenure drawn in [tenure_lo, tenure_hi], each from the best assignment after kick_lo..kick_hi random swaps
+// (the first from the best start as it is). Stops after tabu_iters moves in all or when the time limit is spent.
+// The best assignment -> c.keep; returns its objective.
+template <class Team, typename T>
+LVMMED_TEAM_FN double generic_its(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, double best_f,
+                                  std::uint64_t graph_id, const Stopwatch& w) {
+  const int N = c.g.N;
+  index_t used = 0;
+  for (std::uint64_t phase = 0; used < plan.tabu_iters; ++phase) {
+    if (phase > 0 && time_up(team, w)) break;
+    copy_ints(team, c.pi, c.keep, N);
+    std::uint64_t state = stream_of(plan, graph_id, 2 * phase);
+    const int swaps = plan.kick_lo + draw(state, plan.kick_hi - plan.kick_lo + 1);
+    if (phase > 0) kick(team, c, state, swaps);
+    set_inverse(team, c);
+    double f = linearise(team, c);
+    const index_t moves = vmin<index_t>(plan.tabu_iters - used, plan.stall);
+    const int tenure = plan.tenure_lo + draw(state, plan.tenure_hi - plan.tenure_lo + 1);
+    f = local_search(team, c, f, moves, tenure, w);
+    used += moves;
+    if (f > best_f + c.eps) {
+      best_f = f;
+      copy_ints(team, c.keep, c.pi, N);
+    }
   }
   return best_f;
 }
@@ -1047,10 +1590,13 @@ LVMMED_TEAM_FN void start_from_init(const Team& team, QAPSearch<T>& c, const T* 
   team.sync();
 }
 
+// The driver: multi-start descent, then tabu search + optional random-kick restarts ("ls", "ils") or the iterated
+// tabu search ("its"), within the plan's move budget and time limit; the best assignment -> out.
 template <class Team, typename T>
 LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const SearchPlan& plan, const T* init,
                                  std::int64_t* out, std::uint64_t graph_id) {
   const int N = c.g.N, M = c.g.M;
+  const Stopwatch w{plan.time_limit_ns > 0 ? team.clock_ns() : 0, plan.time_limit_ns};
   search_setup(team, c);
   double best_f = -kInf;
   bool state_is_keep = false;  // the search state (pi, L) is the kept assignment
@@ -1059,13 +1605,13 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
   if (plan.multistart || init == nullptr) {
     const auto score = [&](int i, int a) { return c.U[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, score, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f, state_is_keep);
+    best_f = try_start(team, c, plan, best_f, state_is_keep, w);
   }
   if (init != nullptr) {
     start_from_init(team, c, init);
-    best_f = try_start(team, c, plan, best_f, state_is_keep);
+    best_f = try_start(team, c, plan, best_f, state_is_keep, w);
   }
-  if (plan.multistart && plan.ga.steps > 0) {
+  if (plan.multistart && plan.ga.steps > 0 && !time_up(team, w)) {
     softassign(team, c, plan.ga);
     const index_t ldx = M + 1;
     const auto from_x = [&](int i, int a) {
@@ -1073,41 +1619,31 @@ LVMMED_TEAM_FN void search_solve(const Team& team, QAPSearch<T>& c, const Search
       return c.partial ? x - 0.5 * (c.X[i * ldx + M] + c.X[N * ldx + a]) : x;
     };
     lap_assign(team, N, M, from_x, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f, state_is_keep);
+    best_f = try_start(team, c, plan, best_f, state_is_keep, w);
     const auto from_s = [&](int i, int a) { return c.S[static_cast<index_t>(i) * M + a]; };
     lap_assign(team, N, M, from_s, true, c.partial, c.lap, c.rows, c.pi);
-    best_f = try_start(team, c, plan, best_f, state_is_keep);
+    best_f = try_start(team, c, plan, best_f, state_is_keep, w);
   }
-  if (plan.tabu_iters > 0) {
+  if (plan.iterated) {
+    best_f =
+        plan.dense ? dense_its(team, c, plan, best_f, graph_id, w) : generic_its(team, c, plan, best_f, graph_id, w);
+  } else if (plan.tabu_iters > 0 && !time_up(team, w)) {
     double f = best_f;
     if (!state_is_keep) {
       copy_ints(team, c.pi, c.keep, N);
       set_inverse(team, c);
       f = linearise(team, c);
     }
-    f = local_search(team, c, f, plan.tabu_iters, plan.tenure);
+    f = local_search(team, c, f, plan.tabu_iters, plan.tenure, w);
     if (f > best_f + c.eps) {
       best_f = f;
       copy_ints(team, c.keep, c.pi, N);
     }
   }
-  for (int kick = 0; kick < plan.kicks; ++kick) {
+  for (int k = 0; k < plan.kicks && !time_up(team, w); ++k) {
     copy_ints(team, c.pi, c.keep, N);
-    if (team.leader()) {  // kick_size random swaps of two rows (counter-based: the same for any thread count)
-      std::uint64_t state = mix64(plan.seed ^ mix64(graph_id * 0x100000001B3ull + static_cast<std::uint64_t>(kick)));
-      for (int s = 0; s < plan.kick_size && N > 1; ++s) {
-        state = mix64(state);
-        const int r = static_cast<int>(state % static_cast<std::uint64_t>(N));
-        state = mix64(state);
-        int q = static_cast<int>(state % static_cast<std::uint64_t>(N - 1));
-        q += q >= r;
-        const int t = c.pi[r];
-        c.pi[r] = c.pi[q];
-        c.pi[q] = t;
-      }
-    }
-    team.sync();
-    best_f = try_start(team, c, plan, best_f, state_is_keep);
+    kick(team, c, stream_of(plan, graph_id, static_cast<std::uint64_t>(k)), plan.kick_size);
+    best_f = try_start(team, c, plan, best_f, state_is_keep, w);
   }
   team.range(N, [&](index_t i) { out[i] = c.keep[i]; });
   team.sync();

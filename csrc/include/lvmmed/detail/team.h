@@ -3,10 +3,12 @@
 //
 // Rules of the SPMD code: every thread of a team executes the same control flow; arrays live in team-shared memory
 // and are written in team.range loops (each index by one thread) or by the leader, followed by team.sync();
-// scalars are replicated (every thread computes the same value, e.g. from the broadcast result of a reduction).
+// scalars are replicated (every thread computes the same value, e.g. from the broadcast result of a reduction, or
+// team.clock_ns(), which every thread of the team must call and which returns the same value to all).
 #pragma once
 #include <cstdint>
 #ifndef __CUDACC__
+#include <chrono>
 #include <vector>
 #endif
 
@@ -68,6 +70,11 @@ struct SerialTeam {
     for (index_t i = 0; i < n; ++i) f(i);
   }
   Best argmax(Best b) const { return b; }
+  // Nanoseconds of a monotonic clock (the time limits of the search).
+  std::int64_t clock_ns() const {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
   // Thread-local scratch of n values of V (V of at most 8 bytes); slots 0..3 are independent buffers.
   template <typename V>
   V* scratch(int slot, index_t n) const {
@@ -85,6 +92,18 @@ struct SerialTeam {
   void axpy(double alpha, const double* x, double* y, index_t n) const;
   double dot(const double* a, const double* b, index_t n) const;
   void exp_scaled(double* out, const double* in, double scale, index_t n) const;
+  // The serial versions of the dense search's loops (qap_engine.h, vectorised in csrc/cpu/qap_search.cpp):
+  // the best entry k < nn of D (tabu until TM) of the first swap_class (0, 1, 2) that has one, the first on ties
+  // (old = -kInf: no tabu entry is old enough to aspire);
+  Best dense_pick(const double* D, const double* TM, index_t nn, double need, double old, double now) const;
+  // t[v] = dense_row_gain(t[v], ...) for row x, v < n.
+  void dense_row_gains(double* t, const double* ax, const double* px, const double* atx, const double* ptx,
+                       const double* dA, const double* dP, const double* e, int x, bool sym, index_t n) const;
+  // out[v] += sum_k x1[k] M1[k,v] + x2[k] M2[k,v], v < n (M1, M2 row-major [n, n])
+  void transposed_matvec2(double* out, const double* M1, const double* x1, const double* M2, const double* x2,
+                          index_t n) const;
+  // D[u,v] += swap_gain_delta(...) for u < v < n
+  void swap_gain_update(double* D, const double* c, const double* e, const double* g, const double* h, index_t n) const;
 };
 template <>
 void SerialTeam::multiply_add<float>(float* acc, const float* a, const float* b, index_t n) const;
