@@ -95,8 +95,12 @@ def solve_qap(
                        limit). On dense Koopmans-Beckmann problems (``A``/``B``, no edges, ``N = M``, not
                        ``partial``; e.g. QAPLIB) a memetic robust tabu search on the O(N^2)-per-move table of all
                        swap gains: phases of robust tabu search (random tenures around N, aspiration) from the best
-                       start, random starts, then crossovers of a population of 8; otherwise phases of ``ls``'s tabu
-                       search from kicked best assignments. Random choices seeded by ``generator``.
+                       start, random starts, then crossovers of a population of 8; when ``A`` or ``B`` has at most
+                       4N nonzeros off the diagonal (e.g. QAPLIB's tree-shaped ``chr`` flows) an iterated local
+                       search on the same table instead: short tabu phases, each from the best of the current run
+                       after random swaps (more the longer the run fails), new runs from crossovers. Otherwise
+                       phases of ``ls``'s tabu search from kicked best assignments. Random choices seeded by
+                       ``generator``.
             ``ga``     softassign (graduated assignment) -> Frank-Wolfe warm-started from it -> LAP -> local-search
                        polish; batched products, for large or dense (``A``/``B``) problems. ``max_iter``: annealing
                        steps (default 30).

@@ -351,11 +351,35 @@ def integer_kb(G, N, seed, sym_a=True, sym_b=True, unary=False):
     return {"unary": U, "A": A, "B": B}
 
 
+def integer_tree_kb(G, N, seed, unary=False):
+    """Like integer_kb, with A a random tree with integer weights (QAPLIB's chr shape): a sparse problem, on which
+    the dense search runs its iterated local search."""
+    p = integer_kb(G, N, seed, unary=unary)
+    gen = torch.Generator().manual_seed(seed + 1)
+    A = torch.zeros(G, N, N, dtype=torch.float64)
+    for g in range(G):
+        for v in range(1, N):
+            u, w = int(torch.randint(0, v, (1,), generator=gen)), float(torch.randint(1, 10, (1,), generator=gen))
+            A[g, u, v] = A[g, v, u] = w
+    p["A"] = A
+    return p
+
+
 @pytest.mark.parametrize("sym_a, sym_b, unary", [(True, True, False), (False, False, True), (True, False, True)])
 def test_its_reaches_the_bruteforce_optimum_of_tiny_dense_problems(sym_a, sym_b, unary):
     # the dense search (symmetric, asymmetric, one side symmetric; with a unary term) on N = 5..7
     for N in (5, 6, 7):
         p = integer_kb(4, N, 10 * N, sym_a, sym_b, unary)
+        X = lvmmed_ext.solve_qap(**p, method="its", max_iter=400, generator=torch.Generator().manual_seed(0))
+        assert_assignment(X, False)
+        torch.testing.assert_close(objective(X, p), objective(reference.qap_bruteforce(**p), p))
+
+
+@pytest.mark.parametrize("unary", [False, True])
+def test_its_reaches_the_bruteforce_optimum_of_tiny_sparse_problems(unary):
+    # the dense search's iterated local search (tree-shaped A) on N = 5..7
+    for N in (5, 6, 7):
+        p = integer_tree_kb(4, N, 10 * N, unary)
         X = lvmmed_ext.solve_qap(**p, method="its", max_iter=400, generator=torch.Generator().manual_seed(0))
         assert_assignment(X, False)
         torch.testing.assert_close(objective(X, p), objective(reference.qap_bruteforce(**p), p))
@@ -375,6 +399,7 @@ def test_its_reaches_the_bruteforce_optimum_of_tiny_edge_problems(partial):
 def test_its_budget_is_deterministic_on_any_thread_count():
     dense = integer_kb(6, 12, 3, sym_a=False, sym_b=True, unary=True)
     edges = lvmmed_problem(6, 12, noise=NOISE_LEVELS["hard"], generator=torch.Generator().manual_seed(3)).inputs()
+    sparse = integer_tree_kb(6, 12, 3)
     threads = torch.get_num_threads()
     answers = []
     try:
@@ -383,7 +408,7 @@ def test_its_budget_is_deterministic_on_any_thread_count():
             answers.append(
                 [
                     lvmmed_ext.solve_qap(**p, method="its", max_iter=500, generator=torch.Generator().manual_seed(9))
-                    for p in (dense, edges)
+                    for p in (dense, edges, sparse)
                 ]
             )
     finally:
@@ -393,6 +418,8 @@ def test_its_budget_is_deterministic_on_any_thread_count():
     # another seed explores elsewhere; a larger budget never ends worse (the same search, run further)
     more = lvmmed_ext.solve_qap(**dense, method="its", max_iter=2000, generator=torch.Generator().manual_seed(9))
     assert (objective(more, dense) >= objective(answers[0][0], dense)).all()
+    more = lvmmed_ext.solve_qap(**sparse, method="its", max_iter=2000, generator=torch.Generator().manual_seed(9))
+    assert (objective(more, sparse) >= objective(answers[0][2], sparse)).all()
 
 
 def test_its_beats_ls_on_unstructured_dense_problems():
@@ -584,12 +611,17 @@ def test_cuda_warm_starts(gpu, partial):
     assert (objective(X, p) >= objective(hard, p) - 1e-9).all()
 
 
-@pytest.mark.parametrize("sym_a, sym_b, unary", [(True, True, False), (False, False, True), (False, True, True)])
+@pytest.mark.parametrize(
+    "sym_a, sym_b, unary", [(True, True, False), (False, False, True), (False, True, True), ("tree", True, True)]
+)
 def test_cuda_its_follows_the_cpu_on_exact_data(gpu, sym_a, sym_b, unary):
     # integer data: every sum is exact, so the block runs the very search of the CPU team (same assignment), in
-    # shared memory and in the global workspace with blocks looping over graphs
-    p = integer_kb(gpu.pick(16, 3), gpu.pick(24, 9), 8, sym_a, sym_b, unary)
-    kw = {"method": "its", "max_iter": gpu.pick(2000, 150), "generator": torch.Generator().manual_seed(1)}
+    # shared memory and in the global workspace with blocks looping over graphs; a tree-shaped A: the iterated
+    # local search of sparse problems, long enough for its kicks, restarts and crossovers
+    G, N = gpu.pick(16, 3), gpu.pick(24, 9)
+    p = integer_tree_kb(G, N, 8, unary) if sym_a == "tree" else integer_kb(G, N, 8, sym_a, sym_b, unary)
+    moves = gpu.pick(4000, 600) if sym_a == "tree" else gpu.pick(2000, 150)
+    kw = {"method": "its", "max_iter": moves, "generator": torch.Generator().manual_seed(1)}
     Xc = lvmmed_ext.solve_qap(**p, **kw)
     pc = {k: v.to(gpu.device) for k, v in p.items()}
     kw["generator"] = torch.Generator().manual_seed(1)

@@ -70,7 +70,8 @@ LVMMED_HD_FN index_t round2(index_t n) {
   return (n + 1) / 2 * 2;
 }
 
-// Members of the population of the dense iterated tabu search.
+// Members of the population of the dense iterated tabu search, plus one slot (SearchPlan::population, below this)
+// for the best of the current run on sparse problems.
 constexpr int kMaxPopulation = 16;
 
 // need_search: the local-search state (L, pi, tabu, target pair table); need_ga: the softassign buffers;
@@ -1043,6 +1044,11 @@ struct SearchPlan {
   // tenure_hi], kicks of kick_lo..kick_hi swaps)
   bool iterated, dense;
   int tenure_lo, tenure_hi, aspiration, stall, kick_lo, kick_hi, population;
+  // dense_its on a sparse problem (A or B with at most ils_degree N nonzeros off the diagonal, see dense_sparse):
+  // phases of tenures in [ils_tenure_lo, ils_tenure_hi] that end after ils_stall moves without a new best of the
+  // phase, each from the best of its run after min(ils_kick_lo + the run's failed phases, ils_kick_hi) random
+  // swaps; a new run from a crossover after ils_restart failed phases in a row
+  int ils_degree, ils_tenure_lo, ils_tenure_hi, ils_stall, ils_kick_lo, ils_kick_hi, ils_restart;
   std::int64_t time_limit_ns;  // per problem, 0: none
 };
 
@@ -1086,7 +1092,17 @@ inline SearchPlan make_search_plan(const QAPSearchOptions& o, const QAPShape& s)
   }
   p.kick_lo = static_cast<int>(vmax<index_t>(N / 10, 2));
   p.kick_hi = static_cast<int>(vmax<index_t>(N / 4, p.kick_lo));
-  p.population = 8;
+  p.population = 8;  // < kMaxPopulation: the slot after the members holds the best of a sparse problem's run
+  // sparse problems (tree-shaped flows such as QAPLIB's chr): iterated local search (Stuetzle 2006) whose local
+  // search is a short tabu phase, the perturbation growing with the run's failed phases from 8 % to 30 % of the
+  // rows, restarts from crossovers of the population (measured on chr, BENCHMARKS.md)
+  p.ils_degree = 4;
+  p.ils_tenure_lo = static_cast<int>(vmax<index_t>(2 * N / 5, 1));
+  p.ils_tenure_hi = static_cast<int>(vmax<index_t>(4 * N / 5, p.ils_tenure_lo + 1));
+  p.ils_stall = 5;
+  p.ils_kick_lo = static_cast<int>(vmax<index_t>(2 * N / 25, 2));
+  p.ils_kick_hi = static_cast<int>(vmax<index_t>(3 * N / 10, p.ils_kick_lo));
+  p.ils_restart = 40;
   p.time_limit_ns = o.time_limit > 0 ? static_cast<std::int64_t>(o.time_limit * 1e9) : 0;
   return p;
 }
@@ -1228,6 +1244,33 @@ LVMMED_TEAM_FN bool dense_setup(const Team& team, QAPSearch<T>& c) {
   c.has_unary = max_abs(team, c.U, NN) > 0;
   team.sync();
   return a_sym && !b_sym;
+}
+
+// Whether the problem is sparse: A or B has at most max_degree N nonzero entries off its diagonal (on average at
+// most max_degree per row: the tree-shaped flows of QAPLIB's chr instances have fewer than 2). Counted per row into
+// the scratch vectors t and c of dense_vectors, then summed by every thread.
+template <class Team, typename T>
+LVMMED_TEAM_FN bool dense_sparse(const Team& team, const QAPSearch<T>& c, int max_degree) {
+  const int N = c.g.N;
+  const DenseVectors dv = dense_vectors(c);
+  team.range(N, [&](index_t ii) {
+    const int i = static_cast<int>(ii);
+    int a = 0, b = 0;
+    for (int j = 0; j < N; ++j) {
+      a += j != i && Av(c, i, j) != 0;
+      b += j != i && Bv(c, i, j) != 0;
+    }
+    dv.t[i] = a;
+    dv.c[i] = b;
+  });
+  team.sync();
+  double a = 0, b = 0;
+  for (int i = 0; i < N; ++i) {
+    a += dv.t[i];
+    b += dv.c[i];
+  }
+  team.sync();
+  return vmin(a, b) <= static_cast<double>(max_degree) * N;
 }
 
 // e[x] (see above) for one row.
@@ -1459,6 +1502,11 @@ LVMMED_TEAM_FN void phase_start(const Team& team, QAPSearch<T>& c, int phase, in
 // by a tabu entry older than `aspiration` moves) that ends after `stall` moves without a new best of the phase. It
 // starts from the best start, then from random assignments until the population is full, then from crossovers of
 // two random members; its best assignment replaces the worst member when it is better and its objective is new.
+// On a sparse problem (dense_sparse: tree-shaped flows such as QAPLIB's chr, where long robust tabu phases from
+// random and crossover starts stall) it is an iterated local search instead: short phases (ils_stall moves without a
+// new best, shorter tenures), each from the best of the current run after random swaps, one more for each phase of
+// the run that failed to beat it (up to ils_kick_hi), a new run from a crossover (a random assignment while the
+// population has fewer than two members) after ils_restart failures in a row; the population is fed as above.
 // Stops after tabu_iters moves in all or when the time limit is spent. The best assignment -> c.keep; returns its
 // objective.
 template <class Team, typename T>
@@ -1468,11 +1516,28 @@ LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchP
   const index_t NN = static_cast<index_t>(N) * N;
   if (N < 2 || plan.tabu_iters <= 0) return best_f;
   const bool half_b = dense_setup(team, c);
-  int it = 0, members = 0;
-  bool stop = false;
+  const bool sparse = dense_sparse(team, c, plan.ils_degree);
+  const int tenure_lo = sparse ? plan.ils_tenure_lo : plan.tenure_lo;
+  const int span = (sparse ? plan.ils_tenure_hi : plan.tenure_hi) - tenure_lo + 1;
+  const int stall = sparse ? plan.ils_stall : plan.stall;
+  int* centre = c.pop + static_cast<index_t>(plan.population) * N;  // sparse: the best of the current run
+  int it = 0, members = 0, run_fails = 0;
+  double run_f = -kInf;
+  bool stop = false, new_run = true;
   for (int phase = 0; it < plan.tabu_iters && !stop; ++phase) {
     if (phase > 0 && time_up(team, w)) break;
-    phase_start(team, c, phase, members, plan.population, stream_of(plan, graph_id, 2 * phase));
+    const std::uint64_t start_state = stream_of(plan, graph_id, 2 * phase);
+    if (!sparse || phase == 0) {
+      phase_start(team, c, phase, members, plan.population, start_state);
+    } else if (run_fails < plan.ils_restart) {  // the run's best after random swaps, more the longer it fails
+      copy_ints(team, c.pi, centre, N);
+      kick(team, c, start_state, vmin(plan.ils_kick_lo + run_fails, plan.ils_kick_hi));
+    } else {  // a new run from a crossover of two members (a random assignment while there are fewer)
+      new_run = true;
+      run_fails = 0;
+      const bool cross = members >= 2;
+      phase_start(team, c, phase, cross ? members : 0, cross ? members : 1, start_state);
+    }
     set_inverse(team, c);
     const int floor = it - 1;
     team.range(NN, [&](index_t k) { c.TT[k] = c.TM[k] = floor; });
@@ -1494,14 +1559,13 @@ LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchP
       }
       const int r = static_cast<int>(code / N), s = static_cast<int>(code % N);
       f += c.D[code];
-      const int span = plan.tenure_hi - plan.tenure_lo + 1;
-      const int tr = it + plan.tenure_lo + draw(state, span), ts = it + plan.tenure_lo + draw(state, span);
+      const int tr = it + tenure_lo + draw(state, span), ts = it + tenure_lo + draw(state, span);
       dense_swap(team, c, r, s, tr, ts);
       if (f > phase_f + c.eps) {
         phase_f = f;
         copy_ints(team, c.best, c.pi, N);
         last_best = it;
-      } else if (it - last_best >= plan.stall) {
+      } else if (it - last_best >= stall) {
         ++it;
         break;
       }
@@ -1509,6 +1573,16 @@ LVMMED_TEAM_FN double dense_its(const Team& team, QAPSearch<T>& c, const SearchP
     if (phase_f > best_f + c.eps) {
       best_f = phase_f;
       copy_ints(team, c.keep, c.best, N);
+    }
+    if (sparse) {  // the phase's best becomes the run's centre when it starts the run or beats the centre
+      if (new_run || phase_f > run_f + c.eps) {
+        if (!new_run) run_fails = 0;
+        run_f = phase_f;
+        copy_ints(team, centre, c.best, N);
+      } else {
+        ++run_fails;
+      }
+      new_run = false;
     }
     // the phase's best into the population: appended while it fills, else in place of the worst member
     int slot = members < plan.population ? members : 0;
