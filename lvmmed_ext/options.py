@@ -31,7 +31,8 @@ class Option:
         applies: the losses or data modes it applies to (``--loss gm``, ``--arch unet3d``), shown in ``--help``.
         commands: the commands whose parser has it.
         help_for: ``((command, help), ...)`` where a command describes it differently.
-        check, requirement: a constraint on the value and the message that states it (``must be >= 2``).
+        check, requirement: a constraint on the value and the message that states it (``must be >= 2``); without
+            them, ``choices`` is the constraint.
         setting: False for flags that are not saved settings (``--resume``, ``--config``; handled by the command).
         parse: converts one command-line value (e.g. ``KEY=VALUE`` of ``--head-opt``) when the annotation's type
             does not.
@@ -140,8 +141,16 @@ def value_fits(value, annotation: str) -> bool:
 def check_values(options, values: dict) -> None:
     """``UsageError`` with the option's requirement for the first value in ``values`` that breaks its constraint."""
     for o in options:
-        if o.check is not None and o.key in values and not o.check(values[o.key]):
-            flag = o.flag or o.key
-            value = values[o.key]
+        if o.key not in values:
+            continue
+        value = values[o.key]
+        if o.check is not None:
+            ok, requirement = o.check(value), o.requirement
+        elif o.choices is not None and not o.append:  # the choices are the constraint (a --config value too)
+            ok = value in o.choices or (value is None and o.default is None)  # None: not given
+            requirement = f"must be one of {', '.join(map(str, o.choices))}"
+        else:
+            continue
+        if not ok:
             shown = list(value) if isinstance(value, tuple) else value
-            raise UsageError(f"{flag} {o.requirement}, got {shown!r}")
+            raise UsageError(f"{o.flag or o.key} {requirement}, got {shown!r}")

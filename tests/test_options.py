@@ -96,3 +96,12 @@ def test_config_file_keys_are_checked_against_the_table(tmp_path):
     path.write_text(json.dumps({"batch_size": "eight"}))
     with pytest.raises(UsageError, match="batch_size"):
         load_config_file(str(path))
+
+
+def test_choices_are_the_constraint_where_a_row_has_no_check():
+    rows = [o for o in (*SETTINGS, *PREP_OPTIONS) if o.choices is not None and o.check is None and not o.append]
+    assert {"amp", "optimizer", "arch"} <= {o.key for o in rows}
+    for o in rows:
+        check_values([o], {o.key: o.choices[0]})
+        with pytest.raises(UsageError, match=f"{o.flag} must be one of .*, got 'nope'"):
+            check_values([o], {o.key: "nope"})

@@ -233,8 +233,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "adam (Adam), sgd (SGD with --momentum) or nesterov (SGD, Nesterov momentum)",
         choices=OPTIMIZERS,
         group=_OPT,
-        check=lambda v: v in OPTIMIZERS,
-        requirement=f"must be one of {', '.join(OPTIMIZERS)}",
     ),  # fmt: skip
     Option(
         "lr", "--lr", 2e-3, "learning rate", "float", group=_OPT, check=lambda v: v > 0, requirement="must be > 0"
@@ -258,8 +256,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "--warmup-epochs of linear warm-up)",
         choices=SCHEDULES,
         group=_OPT,
-        check=lambda v: v in SCHEDULES,
-        requirement=f"must be one of {', '.join(SCHEDULES)}",
     ),  # fmt: skip
     Option(
         "warmup_epochs",
@@ -305,8 +301,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "autocast: auto = bf16 on GPU only",
         choices=("auto", "bf16", "off"),
         group=_OPT,
-        check=lambda v: v in ("auto", "bf16", "off"),
-        requirement="must be auto, bf16 or off",
     ),  # fmt: skip
     Option("device", "--device", "auto", "auto, cpu, cuda or cuda:N", group=_OPT),
     Option(
@@ -351,8 +345,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         choices=TASK_CYCLES,
         group=_DATA,
         applies="--labels",
-        check=lambda v: v in TASK_CYCLES,
-        requirement=f"must be one of {', '.join(TASK_CYCLES)}",
     ),  # fmt: skip
     Option(
         "uncertain",
@@ -364,8 +356,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         choices=UNCERTAIN_POLICIES,
         group=_DATA,
         applies="--labels",
-        check=lambda v: v in UNCERTAIN_POLICIES,
-        requirement=f"must be one of {', '.join(UNCERTAIN_POLICIES)}",
     ),  # fmt: skip
     Option(
         "crop3d",
@@ -389,8 +379,6 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "back",
         choices=BALANCE,
         group=_DATA,
-        check=lambda v: v in BALANCE,
-        requirement=f"must be one of {', '.join(BALANCE)}",
     ),  # fmt: skip
     Option("global_batch", None, 0, "batch_size x processes x accum (filled in by the trainer)", "int"),
     # flags that are not saved settings
