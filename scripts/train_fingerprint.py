@@ -21,19 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from train_utils import make_image_folder  # noqa: E402  (the tests' image folder, one home)
+
 
 def _images(folder: Path, n: int, seed: int, size: int = 48) -> str:
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(4, 12)]
-        img = 120 * ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) + 60 * (np.sin(xx / rng.uniform(2, 6)) > 0)
-        img = img + rng.normal(0, 10, img.shape)
-        cv2.imwrite(str(folder / f"img{i:02d}.png"), np.clip(img, 0, 255).astype(np.uint8))
-    return str(folder)
+    return str(make_image_folder(folder, n=n, size=size, seed=seed))
 
 
 def _volumes(folder: Path) -> str:
