@@ -72,6 +72,10 @@ class Study:
         values, mean = self.per(run, config, metric), self.m(run, config, metric)
         return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
 
+    def pm(self, text: str, run: str, config: str, metric: str = LP) -> bool:
+        """Whether ``text`` ("0.678 ± 0.050") shows the mean ± std of ``config`` in ``run``."""
+        return pm(text, self.m(run, config, metric), self.sd(run, config, metric))
+
     def d(self, run: str, a: str, b: str, metric: str = LP) -> list[float]:
         """Paired differences a - b per seed."""
         return [x - y for x, y in zip(self.per(run, a, metric), self.per(run, b, metric))]
@@ -171,7 +175,7 @@ M = "medium"
 
 
 def _gm_learns(s: Study) -> bool:
-    return s.settings[M]["steps"] == 500 and pm("0.39 ± 0.03", s.m(M, "gm", MATCH), s.sd(M, "gm", MATCH))
+    return s.settings[M]["steps"] == 500 and s.pm("0.39 ± 0.03", M, "gm", MATCH)
 
 
 def _best_crop(s: Study) -> bool:
@@ -240,8 +244,8 @@ def _edge_noise(s: Study) -> bool:
     same = s.settings["crop_0.25"]["crop_scale"] == s.settings["tune_gm"]["crop_scale"] == [0.25, 1.0]
     return (
         same
-        and pm("0.611 ± 0.002", s.m("crop_0.25", "gc"), s.sd("crop_0.25", "gc"))
-        and pm("0.666 ± 0.012", s.m("tune_gm", "g4-gc"), s.sd("tune_gm", "g4-gc"))
+        and s.pm("0.611 ± 0.002", "crop_0.25", "gc")
+        and s.pm("0.666 ± 0.012", "tune_gm", "g4-gc")
         and pos([b - a for a, b in zip(old, new)])
     )
 
@@ -263,34 +267,34 @@ CLAIMS: list[Claim] = [
       lambda s: _gm_learns(s) and span("0.35–0.41", s.per(M, "gm", MATCH)) and shows("0.06", CHANCE)),
     S("up from about 0.2 over the first 25 steps", None, "the runs' log.csv (not kept; curves.png shows it)"),
     S("training loss is 19.9 ± 1.2 (last 50 steps; at most 32, a random matching 30)",
-      lambda s: pm("19.9 ± 1.2", s.m(M, "gm", "final_loss"), s.sd(M, "gm", "final_loss")) and 2 * 16 == 32
+      lambda s: s.pm("19.9 ± 1.2", M, "gm", "final_loss") and 2 * 16 == 32
       and 2 * (16 - 1) == 30),  # a random permutation keeps 1 node in place on average: 15 of 16 rows differ
     S("down from about 25.7 over the first 25 steps", None, "the runs' log.csv (not kept)"),
     S("the matching ends at 0.11–0.14, about twice chance, and the loss at 28.8 ± 0.5",
       lambda s: span("0.11–0.14", s.per(M, "gm-before", MATCH)) and 1.8 < s.m(M, "gm-before", MATCH) / CHANCE < 2.2
-      and pm("28.8 ± 0.5", s.m(M, "gm-before", "final_loss"), s.sd(M, "gm-before", "final_loss"))),
+      and s.pm("28.8 ± 0.5", M, "gm-before", "final_loss")),
     S("gm's probe is **0.678 ± 0.050** against random init 0.592 ± 0.015, ahead of it on every seed (+0.058 to +0.143)",
-      lambda s: pm("0.678 ± 0.050", s.m(M, "gm"), s.sd(M, "gm"))
-      and pm("0.592 ± 0.015", s.m(M, "random init"), s.sd(M, "random init"))
+      lambda s: s.pm("0.678 ± 0.050", M, "gm")
+      and s.pm("0.592 ± 0.015", M, "random init")
       and pos(s.d(M, "gm", "random init")) and span("+0.058–+0.143", s.d(M, "gm", "random init"))),
     S("gm is ahead of VICReg (0.620 ± 0.018) on every seed (+0.028 to +0.120)",
-      lambda s: pm("0.620 ± 0.018", s.m(M, "vicreg"), s.sd(M, "vicreg")) and pos(s.d(M, "gm", "vicreg"))
+      lambda s: s.pm("0.620 ± 0.018", M, "vicreg") and pos(s.d(M, "gm", "vicreg"))
       and span("+0.028–+0.120", s.d(M, "gm", "vicreg"))),
     S("ahead of InfoNCE (0.646 ± 0.024) on the mean only (+0.040, −0.038 and +0.095 on seeds 0, 1 and 2): not "
       "separated",
-      lambda s: pm("0.646 ± 0.024", s.m(M, "infonce"), s.sd(M, "infonce")) and s.m(M, "gm") > s.m(M, "infonce")
+      lambda s: s.pm("0.646 ± 0.024", M, "infonce") and s.m(M, "gm") > s.m(M, "infonce")
       and _paired_gm(s, "infonce", "+0.040, −0.038 and +0.095")
       and wording(s.d(M, "gm", "infonce")) == "not separated"),
     S("**0.678 ± 0.050 against 0.667 ± 0.040**, ahead on 2 of the 3 seeds (+0.015, −0.003, +0.020): not separated",
-      lambda s: pm("0.667 ± 0.040", s.m(M, "gm-no-edge"), s.sd(M, "gm-no-edge"))
+      lambda s: s.pm("0.667 ± 0.040", M, "gm-no-edge")
       and n_pos(s.d(M, "gm", "gm-no-edge")) == 2 and _paired_gm(s, "gm-no-edge", "+0.015, −0.003, +0.020")),
     S("On the mean full gm is also ahead of gm without message passing (0.656 ± 0.032) and without the noise "
       "(0.661 ± 0.033), the direction of the paper's Table 6, but it ties both on seed 1",
-      lambda s: pm("0.656 ± 0.032", s.m(M, "gm-no-gnn"), s.sd(M, "gm-no-gnn"))
-      and pm("0.661 ± 0.033", s.m(M, "gm-no-noise"), s.sd(M, "gm-no-noise"))
+      lambda s: s.pm("0.656 ± 0.032", M, "gm-no-gnn")
+      and s.pm("0.661 ± 0.033", M, "gm-no-noise")
       and all(s.m(M, "gm") > s.m(M, c) and abs(s.d(M, "gm", c)[1]) < TIE for c in ("gm-no-gnn", "gm-no-noise"))),
     S("without the local term gm does as well (0.679 ± 0.024). No ablation is behind full gm on every seed",
-      lambda s: pm("0.679 ± 0.024", s.m(M, "gm-no-local"), s.sd(M, "gm-no-local"))
+      lambda s: s.pm("0.679 ± 0.024", M, "gm-no-local")
       and abs(s.m(M, "gm-no-local") - s.m(M, "gm")) < 0.005 and not any(pos(s.d(M, "gm", c)) for c in ABLATIONS)),
     S("no pretraining is ahead of random init's linear probe (0.851): gm-no-local ties it on the mean and every other "
       "configuration is lower",
@@ -366,10 +370,10 @@ CLAIMS: list[Claim] = [
       "both are below random init (0.593) on each seed, while g2 (0.614 ± 0.044) is above it on the mean and below "
       "it on seed 0",
       lambda s: sorted(_tuned(s), key=_tuned(s).get)[:2] == [("tune_gm", "g3-gcn"), ("tune_gm", "g1-paper")]
-      and pm("0.545 ± 0.014", s.m("tune_gm", "g3-gcn"), s.sd("tune_gm", "g3-gcn"))
-      and pm("0.551 ± 0.009", s.m("tune_gm", "g1-paper"), s.sd("tune_gm", "g1-paper"))
+      and s.pm("0.545 ± 0.014", "tune_gm", "g3-gcn")
+      and s.pm("0.551 ± 0.009", "tune_gm", "g1-paper")
       and shows("0.593", s.m("tune_gm", "random init"))
-      and pm("0.614 ± 0.044", s.m("tune_gm", "g2-demo-old"), s.sd("tune_gm", "g2-demo-old")) and _gcn_below_random(s)),
+      and s.pm("0.614 ± 0.044", "tune_gm", "g2-demo-old") and _gcn_below_random(s)),
     S("Every GraphConv row is above random init on the mean (0.639–0.666), and on both seeds except g8 (−0.005 on "
       "seed 0; g7 is +0.003 there)",
       lambda s: _graphconv_above_random(s) and shows("−0.005", s.d("tune_gm", "g8-gc-mlp", "random init")[0])
@@ -379,8 +383,8 @@ CLAIMS: list[Claim] = [
       lambda s: [c for c in sorted(s.configs("tune_infonce"), key=lambda c: s.m("tune_infonce", c))][:2]
       == ["i7-o64", "i1-defaults"]
       and max(s.configs("tune_infonce"), key=lambda c: s.m("tune_infonce", c)) == "i2-demo"
-      and pm("0.595 ± 0.004", s.m("tune_infonce", "i7-o64"), s.sd("tune_infonce", "i7-o64"))
-      and pm("0.599 ± 0.048", s.m("tune_infonce", "i1-defaults"), s.sd("tune_infonce", "i1-defaults"))
+      and s.pm("0.595 ± 0.004", "tune_infonce", "i7-o64")
+      and s.pm("0.599 ± 0.048", "tune_infonce", "i1-defaults")
       and pos(s.d("tune_infonce", "i2-demo", "i1-defaults"))),
     S("VICReg's own defaults (an expander of 2048) reach a backbone match accuracy of only 0.25 in 300 steps; every "
       "narrower expander matches better (0.47–0.62) and probes higher on the mean",
@@ -399,9 +403,9 @@ CLAIMS: list[Claim] = [
     S("Chosen: gm `g4-gc` (GraphConv, noise 0.1, samples 1, linear projector: 0.666 ± 0.012), InfoNCE `i2-demo` "
       "(projector 512 → 128, temperature 0.2: 0.647 ± 0.004), VICReg `v8-var10` (expander 512, variance weight 10: "
       "0.659 ± 0.005, tied with `v4-inv50` at 0.65875 and ahead of it on the region kNN, 0.565 against 0.526",
-      lambda s: pm("0.666 ± 0.012", s.m("tune_gm", "g4-gc"), s.sd("tune_gm", "g4-gc"))
-      and pm("0.647 ± 0.004", s.m("tune_infonce", "i2-demo"), s.sd("tune_infonce", "i2-demo"))
-      and pm("0.659 ± 0.005", s.m("tune_vicreg", "v8-var10"), s.sd("tune_vicreg", "v8-var10"))
+      lambda s: s.pm("0.666 ± 0.012", "tune_gm", "g4-gc")
+      and s.pm("0.647 ± 0.004", "tune_infonce", "i2-demo")
+      and s.pm("0.659 ± 0.005", "tune_vicreg", "v8-var10")
       and abs(s.m("tune_vicreg", "v8-var10") - s.m("tune_vicreg", "v4-inv50")) < TIE
       and shows("0.65875", s.m("tune_vicreg", "v4-inv50"))
       and s.m("tune_vicreg", "v8-var10") >= max(s.m("tune_vicreg", c) for c in s.configs("tune_vicreg")) - TIE
@@ -456,8 +460,8 @@ CLAIMS: list[Claim] = [
     S("The paper reports +5.3 points for the second-order term on 1.3 M images", None, "the LVM-Med paper, Table 6"),
     S("The old defaults (`gm-before`, the GCN) probe at random init's level (0.592 ± 0.011 against 0.592 ± 0.015; "
       "paired −0.020 / +0.008 / +0.015) and match at 0.13, about twice chance",
-      lambda s: pm("0.592 ± 0.011", s.m(M, "gm-before"), s.sd(M, "gm-before"))
-      and pm("0.592 ± 0.015", s.m(M, "random init"), s.sd(M, "random init"))
+      lambda s: s.pm("0.592 ± 0.011", M, "gm-before")
+      and s.pm("0.592 ± 0.015", M, "random init")
       and seq("−0.020 / +0.008 / +0.015", s.d(M, "gm-before", "random init"))
       and shows("0.13", s.m(M, "gm-before", MATCH)) and 1.8 < s.m(M, "gm-before", MATCH) / CHANCE < 2.2),
     S("InfoNCE matches the two views best (0.71) and VICReg next, yet both probe below gm on the anatomical task on "
@@ -476,7 +480,7 @@ CLAIMS: list[Claim] = [
       lambda s: shows("27.4", s.floor(0.0, "1.00", 1.0)["hamming"])
       and shows("24.7", s.floor(0.5, "0.80", 1.0)["hamming"])
       and neg(s.d("tune_gm", "g1-paper", "random init"))
-      and pm("0.551 ± 0.009", s.m("tune_gm", "g1-paper"), s.sd("tune_gm", "g1-paper"))
+      and s.pm("0.551 ± 0.009", "tune_gm", "g1-paper")
       and [k for k, v in _tuned(s).items() if v < s.m("tune_gm", "g1-paper")] == [("tune_gm", "g3-gcn")]
       and shows("0.545", s.m("tune_gm", "g3-gcn")) and gm_defaults()["noise_scale"] == 0.1
       and "noise_scale=1.0" in s.options["tune_gm", "g1-paper"]),
@@ -491,10 +495,10 @@ CLAIMS: list[Claim] = [
     S("Left as they were, because the tuning did not show a gain across both seeds: `samples` 1 (8 samples: "
       "0.639 ± 0.044), `noise_scale` 0.1 rather than 0.2 (0.640 ± 0.018 with 8 samples), the linear projector (an MLP "
       "projector: 0.639 ± 0.051), no node normalisation (0.649 ± 0.055)",
-      lambda s: pm("0.639 ± 0.044", s.m("tune_gm", "g5-gc-s8"), s.sd("tune_gm", "g5-gc-s8"))
-      and pm("0.640 ± 0.018", s.m("tune_gm", "g6-gc-s8-n02"), s.sd("tune_gm", "g6-gc-s8-n02"))
-      and pm("0.639 ± 0.051", s.m("tune_gm", "g8-gc-mlp"), s.sd("tune_gm", "g8-gc-mlp"))
-      and pm("0.649 ± 0.055", s.m("tune_gm", "g7-gc-norm"), s.sd("tune_gm", "g7-gc-norm"))
+      lambda s: s.pm("0.639 ± 0.044", "tune_gm", "g5-gc-s8")
+      and s.pm("0.640 ± 0.018", "tune_gm", "g6-gc-s8-n02")
+      and s.pm("0.639 ± 0.051", "tune_gm", "g8-gc-mlp")
+      and s.pm("0.649 ± 0.055", "tune_gm", "g7-gc-norm")
       and not any(pos(s.d("tune_gm", a, b)) for a, b in (("g5-gc-s8", "g4-gc"), ("g6-gc-s8-n02", "g5-gc-s8"),
                                                          ("g8-gc-mlp", "g4-gc"), ("g7-gc-norm", "g4-gc")))),
     S("`quad_weight` 0.5, `alpha` 0.8, `lam` 80 and the graph size 16 (not tried)",
